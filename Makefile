@@ -1,0 +1,118 @@
+# lmdeploy-kit: the user's interface. `make` (or `make help`) lists every target.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+# Settings profile: default, seed (the homework), fc (function call), multi-gpu, homework-pins.
+PROFILE ?= default
+# Ansible inventory; the default provisions this machine over a local connection.
+INVENTORY ?= ansible/inventory/localhost.yml
+# Kubernetes context and namespace (empty = current context / settings' namespace).
+CONTEXT ?=
+NAMESPACE ?=
+# Extra arguments passed to the client/tool a target runs, e.g. ARGS="--prompt hi".
+ARGS ?=
+# The kit's own environment (created by `make venv`).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KUBECTL := $(VENV)/bin/kubectl
+export PROFILE
+
+# Guard: $(call need,path,what) exits 2 when a part of the kit is missing.
+need = @test -e $(1) || { echo "make: $(2) is not built yet ($(1) missing)" >&2; exit 2; }
+# Guard: the kit environment must exist.
+need_venv = @test -x $(PY) || { echo "make: no kit environment; run 'make venv' first" >&2; exit 2; }
+CLUSTER_FLAGS = $(if $(CONTEXT),--context $(CONTEXT)) $(if $(NAMESPACE),--namespace $(NAMESPACE))
+
+##@ General
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [PROFILE=default|seed|fc|multi-gpu] [VAR=value]\n"} \
+	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Setup
+venv: ## Create the kit's Python environment (pinned tools, CPU torch, lmdeploy)
+	bash .ci/setup-venv.sh $(VENV)
+
+render: ## Write generated Ansible vars and kustomize params from settings.yaml
+	$(need_venv)
+	$(PY) -m kit render
+
+settings: ## Show the effective settings of PROFILE
+	$(need_venv)
+	$(PY) -m kit show
+
+provision: render ## Provision INVENTORY hosts (GPU preflight, env, model store, services)
+	$(call need,ansible/site.yml,the Ansible playbook)
+	$(VENV)/bin/ansible-playbook -i $(INVENTORY) ansible/site.yml -e @ansible/vars/profiles/$(PROFILE).yml $(ARGS)
+
+##@ Quantize
+quantize: ## Fetch, AWQ-quantize and verify the model on this host (no Kubernetes)
+	$(call need,jobs/quantize.py,the quantize job)
+	$(PY) -m jobs.fetch && $(PY) -m jobs.quantize && $(PY) -m jobs.verify $(ARGS)
+
+##@ Deploy
+plan: ## Predict KV capacity and concurrency per quant policy before deploying
+	$(call need,kit/plan.py,the capacity planner)
+	$(PY) -m kit.plan $(ARGS)
+
+deploy: render ## Plan, apply the PROFILE overlay, wait for the Jobs and the rollout
+	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(PY) -m kit.cluster $(CLUSTER_FLAGS) deploy $(ARGS)
+
+undeploy: ## Remove the PROFILE overlay (keeps the model PVC unless ARGS=--delete-pvc)
+	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(PY) -m kit.cluster $(CLUSTER_FLAGS) undeploy $(ARGS)
+
+status: ## Pods, Jobs, events, endpoints and GPU memory of the deployment
+	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(PY) -m kit.cluster $(CLUSTER_FLAGS) status $(ARGS)
+
+logs: ## Tail the serving pods' logs
+	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(PY) -m kit.cluster $(CLUSTER_FLAGS) logs $(ARGS)
+
+##@ Use
+chat: ## Chat with the served model (ARGS="--prompt ..." for one shot)
+	$(call need,clients/chat.py,the chat client)
+	$(PY) -m clients.chat $(ARGS)
+
+gradio: ## Run the Gradio chat page locally (port from settings)
+	$(call need,clients/webui.py,the Gradio app)
+	$(PY) -m clients.webui $(ARGS)
+
+fc-check: ## Run the add/mul function-call check against the server
+	$(call need,clients/funcall.py,the function-call check)
+	$(PY) -m clients.funcall $(ARGS)
+
+gpu: ## GPU usage of the serving pods (ARGS=--local for this host)
+	$(call need,clients/gpu_report.py,the GPU reporter)
+	$(if $(findstring --local,$(ARGS)),$(PY) -m clients.gpu_report $(filter-out --local,$(ARGS)),$(PY) -m kit.cluster $(CLUSTER_FLAGS) gpu $(ARGS))
+
+report: ## Build the evidence report (Markdown + PNG) from the live service or ARGS="--from FILE"
+	$(call need,clients/report.py,the report builder)
+	$(PY) -m clients.report $(ARGS)
+
+##@ Build
+images: ## Build the runtime and client images (docker or podman)
+	$(call need,images/build.py,the image build)
+	$(PY) images/build.py $(ARGS)
+
+bench: ## GPU benchmark against bare lmdeploy (needs a GPU)
+	$(call need,tests/gpu/bench.py,the GPU benchmark)
+	$(PY) -m tests.gpu.bench $(ARGS)
+
+##@ Check
+lint: ## Lint Python, YAML and generated files
+	$(need_venv)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check kit jobs clients tests
+	$(VENV)/bin/yamllint -s .
+	$(PY) -m kit render --check
+	bash .ci/lint-extra.sh $(VENV)
+
+test: lint ## Run linters and the CPU test suite
+	$(PY) -m pytest $(ARGS)
+
+.PHONY: help venv render settings provision quantize plan deploy undeploy status logs chat gradio fc-check gpu report images bench lint test
