@@ -87,7 +87,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     root = Path(args.root) if args.root else REPO_ROOT
     names = profile_names(Path(args.settings) if args.settings else None)
-    written = outputs.render_all({n: load_settings(n, Path(args.settings) if args.settings else None) for n in names}, root, check=args.check)
+    written = outputs.render_all(
+        {n: load_settings(n, Path(args.settings) if args.settings else None) for n in names}, root, check=args.check
+    )
     if args.check:
         if written:
             print("generated files are out of date (run `make render`):\n  " + "\n  ".join(map(str, written)), file=sys.stderr)
@@ -109,7 +111,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kit", description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", help="settings profile (env PROFILE; default: default)")
     parser.add_argument("--settings", help="settings file (env KIT_SETTINGS; default: settings.yaml)")
     add_verbosity(parser)

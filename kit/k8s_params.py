@@ -18,8 +18,4 @@ def params_env(s: Settings) -> str:
 
 
 def generated_files(profiles: dict[str, Settings]) -> dict[Path, str]:
-    return {
-        Path("k8s/overlays") / name / "params.env": params_env(s)
-        for name, s in profiles.items()
-        if name in OVERLAY_PROFILES
-    }
+    return {Path("k8s/overlays") / name / "params.env": params_env(s) for name, s in profiles.items() if name in OVERLAY_PROFILES}

@@ -29,15 +29,26 @@ def serve_args(s: Settings, model_path: str | None = None, api_key: str | None =
     """
     sv = s.serving
     args = [
-        "lmdeploy", "serve", "api_server", model_path or s.serve_path,
-        "--server-name", "0.0.0.0",
-        "--server-port", str(sv.port),
-        "--backend", sv.backend,
-        "--model-name", s.model.name,
-        "--quant-policy", str(sv.quant_policy),
-        "--cache-max-entry-count", _fmt(sv.cache_max_entry_count),
-        "--tp", str(sv.tp),
-        "--log-level", sv.log_level,
+        "lmdeploy",
+        "serve",
+        "api_server",
+        model_path or s.serve_path,
+        "--server-name",
+        "0.0.0.0",
+        "--server-port",
+        str(sv.port),
+        "--backend",
+        sv.backend,
+        "--model-name",
+        s.model.name,
+        "--quant-policy",
+        str(sv.quant_policy),
+        "--cache-max-entry-count",
+        _fmt(sv.cache_max_entry_count),
+        "--tp",
+        str(sv.tp),
+        "--log-level",
+        sv.log_level,
     ]
     fmt = s.effective_model_format
     if fmt and not (sv.backend == "pytorch" and fmt == "hf"):
@@ -59,15 +70,26 @@ def auto_awq_args(s: Settings, model_path: str | None = None, work_dir: str | No
     """`lmdeploy lite auto_awq ...` with the settings' parameters (the bare baseline the kit is timed against)."""
     q = s.quantization
     args = [
-        "lmdeploy", "lite", "auto_awq", model_path or s.fp16_path,
-        "--work-dir", work_dir or s.quantized_path,
-        "--calib-samples", str(q.calib_samples),
-        "--calib-seqlen", str(q.calib_seqlen),
-        "--batch-size", str(q.batch_size),
-        "--w-bits", str(q.w_bits),
-        "--w-group-size", str(q.w_group_size),
-        "--dtype", q.dtype,
-        "--device", q.device,
+        "lmdeploy",
+        "lite",
+        "auto_awq",
+        model_path or s.fp16_path,
+        "--work-dir",
+        work_dir or s.quantized_path,
+        "--calib-samples",
+        str(q.calib_samples),
+        "--calib-seqlen",
+        str(q.calib_seqlen),
+        "--batch-size",
+        str(q.batch_size),
+        "--w-bits",
+        str(q.w_bits),
+        "--w-group-size",
+        str(q.w_group_size),
+        "--dtype",
+        q.dtype,
+        "--device",
+        q.device,
     ]
     if q.search_scale:
         args.append("--search-scale")
@@ -112,3 +134,11 @@ def flat_params(s: Settings) -> dict[str, str]:
 
 def api_base_url(s: Settings, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{s.serving.port}/v1"
+
+
+def image_ref(s: Settings, name: str) -> str:
+    """Image reference for `runtime` or `client`: tag from kit + lmdeploy versions, digest when set."""
+    tag = f"{s.images.kit_version}-lmdeploy{s.versions.lmdeploy}"
+    digest = {"runtime": s.images.runtime_digest, "client": s.images.client_digest}[name]
+    ref = f"{s.images.registry}/{name}:{tag}"
+    return f"{ref}@{digest}" if digest else ref

@@ -77,7 +77,9 @@ class StorageSettings(_Section):
     models_root: str = Field("/models", description="Model store root: the PV mount in pods, a directory on Ansible hosts.")
     fp16_dir: str = Field("", description="fp16 model directory under models_root; empty = `<model.name>`.")
     quantized_dir: str = Field("", description="W4A16 output directory under models_root; empty = `<model.name>-w4a16-4bit`.")
-    calibration_file: str = Field("calibration/calib.txt", description="Calibration text under models_root (a shipped default is copied there when missing).")
+    calibration_file: str = Field(
+        "calibration/calib.txt", description="Calibration text under models_root (a shipped default is copied there when missing)."
+    )
 
     @field_validator("models_root")
     @classmethod
@@ -104,20 +106,28 @@ class QuantizationSettings(_Section):
     search_scale: bool = Field(False, description="Grid-search AWQ scales (slower, sometimes better).")
     dtype: Literal["auto", "float16", "bfloat16"] = Field("auto", description="Compute dtype for AWQ.")
     device: Literal["cuda", "cpu"] = Field("cuda", description="Where AWQ runs.")
-    calibration_dataset: str = Field("wikitext2", description="`datasets` set that `prepare-calibration` turns into the calibration text when a network is there.")
+    calibration_dataset: str = Field(
+        "wikitext2", description="`datasets` set that `prepare-calibration` turns into the calibration text when a network is there."
+    )
     max_ppl_ratio: float = Field(1.25, gt=1.0, le=10.0, description="Quality gate: quantized/fp16 perplexity must stay at or under this.")
 
 
 class ServingSettings(_Section):
-    backend: Literal["turbomind", "pytorch"] = Field("turbomind", description="Inference engine: TurboMind (fast AWQ) or the PyTorch fallback.")
-    model_format: Literal["awq", "hf", None] = Field(None, description="`--model-format`; empty = derived (awq when quantization is enabled).")
+    backend: Literal["turbomind", "pytorch"] = Field(
+        "turbomind", description="Inference engine: TurboMind (fast AWQ) or the PyTorch fallback."
+    )
+    model_format: Literal["awq", "hf", None] = Field(
+        None, description="`--model-format`; empty = derived (awq when quantization is enabled)."
+    )
     quant_policy: Literal[0, 4, 8] = Field(8, description="KV-cache quantization: 0 off, 8 int8, 4 int4.")
     cache_max_entry_count: float = Field(0.8, gt=0.0, lt=1.0, description="Fraction of free GPU memory given to the KV cache (0 < x < 1).")
     session_len: int | None = Field(None, ge=256, le=1048576, description="Max tokens per session; empty = model default.")
     max_batch_size: int | None = Field(None, ge=1, le=4096, description="Max concurrent sequences; empty = lmdeploy's default for the GPU.")
     port: int = Field(23333, ge=1024, le=65535, description="api_server port.")
     tp: int = Field(1, ge=1, le=8, description="Tensor parallelism (GPUs per replica).")
-    tool_call_parser: Literal["internlm", "qwen", "llama3", "none"] = Field("internlm", description="`--tool-call-parser`; none disables tool_calls.")
+    tool_call_parser: Literal["internlm", "qwen", "llama3", "none"] = Field(
+        "internlm", description="`--tool-call-parser`; none disables tool_calls."
+    )
     api_key_secret: str = Field("lmdeploy-api-key", description="Secret holding the API key (key `api-key`).")
     hub_token_secret: str = Field("hf-token", description="Secret holding the hub token (key `token`).")
     replicas: int = Field(1, ge=0, le=64, description="Serving replicas (one GPU set each).")
@@ -181,7 +191,9 @@ class KubernetesSettings(_Section):
     namespace: str = Field("lmdeploy", description="Namespace everything goes into.")
     storage_class: str = Field("", description="PVC storageClass; empty = cluster default.")
     pvc_size: str = Field("50Gi", description="Model store size.")
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field("ReadWriteOnce", description="RWX lets replicas on several nodes share the store.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        "ReadWriteOnce", description="RWX lets replicas on several nodes share the store."
+    )
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
     serve_cpu: str = Field("4", description="CPU request of a serving pod.")
     serve_memory: str = Field("32Gi", description="Memory request/limit of a serving pod.")
