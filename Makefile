@@ -16,13 +16,13 @@ ARGS ?=
 # The kit's own environment (created by `make venv`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Stamp written once the environment matches the pinned requirements.
+VENV_STAMP := $(VENV)/.kit-installed
 KUBECTL := $(VENV)/bin/kubectl
 export PROFILE
 
 # Guard: $(call need,path,what) exits 2 when a part of the kit is missing.
 need = @test -e $(1) || { echo "make: $(2) is not built yet ($(1) missing)" >&2; exit 2; }
-# Guard: the kit environment must exist.
-need_venv = @test -x $(PY) || { echo "make: no kit environment; run 'make venv' first" >&2; exit 2; }
 CLUSTER_FLAGS = $(if $(CONTEXT),--context $(CONTEXT)) $(if $(NAMESPACE),--namespace $(NAMESPACE))
 
 ##@ General
@@ -32,15 +32,19 @@ help: ## Show this help
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 ##@ Setup
-venv: ## Create the kit's Python environment (pinned tools, CPU torch, lmdeploy)
-	bash .ci/setup-venv.sh $(VENV)
+venv: $(VENV_STAMP) ## Create the kit's Python environment (pinned tools, CPU torch, lmdeploy)
 
-render: ## Write generated Ansible vars and kustomize params from settings.yaml
-	$(need_venv)
+$(VENV_STAMP): requirements/*.txt pyproject.toml
+	bash .ci/setup-venv.sh $(VENV)
+	@touch $@
+
+deps: ## Install the Debian packages the tests use (root) or list the missing ones
+	bash .ci/install-deps.sh
+
+render: $(VENV_STAMP) ## Write generated Ansible vars and kustomize params from settings.yaml
 	$(PY) -m kit render
 
-settings: ## Show the effective settings of PROFILE
-	$(need_venv)
+settings: $(VENV_STAMP) ## Show the effective settings of PROFILE
 	$(PY) -m kit show
 
 provision: render ## Provision INVENTORY hosts (GPU preflight, env, model store, services)
@@ -104,15 +108,17 @@ bench: ## GPU benchmark against bare lmdeploy (needs a GPU)
 	$(PY) -m tests.gpu.bench $(ARGS)
 
 ##@ Check
-lint: ## Lint Python, YAML and generated files
-	$(need_venv)
+lint: $(VENV_STAMP) ## Lint Python, YAML and generated files
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check kit jobs clients tests
 	$(VENV)/bin/yamllint -s .
 	$(PY) -m kit render --check
 	bash .ci/lint-extra.sh $(VENV)
 
-test: lint ## Run linters and the CPU test suite
+test: deps lint ## Run linters and the CPU test suite
 	$(PY) -m pytest $(ARGS)
 
-.PHONY: help venv render settings provision quantize plan deploy undeploy status logs chat gradio fc-check gpu report images bench lint test
+PY_TARGETS := quantize plan undeploy status logs chat gradio fc-check gpu report images bench
+$(PY_TARGETS): $(VENV_STAMP)
+
+.PHONY: help venv deps render settings provision quantize plan deploy undeploy status logs chat gradio fc-check gpu report images bench lint test
