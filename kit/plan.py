@@ -383,8 +383,15 @@ class PlanResult:
             "policies": [dataclasses.asdict(p) for p in self.policies],
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "ok": not self.errors,
-            "recommendation": dataclasses.asdict(self.recommendation) if self.recommendation else None,
+            "recommendation": self._recommendation_json(),
         }
+
+    def _recommendation_json(self) -> dict[str, Any] | None:
+        if self.recommendation is None:
+            return None
+        rec = dataclasses.asdict(self.recommendation)
+        rec["per_policy"] = [{"quant_policy": k, "cache_max_entry_count": v} for k, v in self.recommendation.per_policy.items()]
+        return rec
 
 
 def _pytorch_runtime(free: int, ratio: float, block_bytes: int, vocab: int, max_prefill: int, max_batches: int) -> tuple[int, int]:
@@ -728,6 +735,24 @@ def inputs_from_settings(s: Settings, shape: ModelShape | None = None) -> PlanIn
         awq=awq,
         awq_group_size=group,
     )
+
+
+def plan_for_settings(
+    settings: Settings,
+    gpu: Gpu | str | None = None,
+    context: int | None = None,
+    target_sessions: int | None = None,
+    model_config: str | None = None,
+) -> PlanResult:
+    """The plan `make plan` prints, for embedding (the report): GPU by name, a `Gpu`, or None = live NVML.
+    Raises PlanError when the model config or the GPU cannot be found."""
+    cfg, source = find_model_config(settings, model_config)
+    shape = ModelShape.from_config(cfg, _model_name(settings, source), source)
+    inputs = inputs_from_settings(settings, shape)
+    if context:
+        inputs = dataclasses.replace(inputs, context=context)
+    resolved = gpu_from_name(gpu) if isinstance(gpu, str) else gpu or gpu_from_nvml()
+    return plan(shape, resolved, inputs, settings.profile, target_sessions)
 
 
 def deploy_blockers(settings: Settings, gpu: str | None = None) -> list[str]:

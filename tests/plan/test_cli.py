@@ -134,3 +134,13 @@ def test_deploy_blockers_with_a_gpu_check_memory() -> None:
     assert deploy_blockers(s) == []  # nothing GPU-free is wrong
     blockers = deploy_blockers(s, gpu="a10")
     assert blockers and "32768-token session" in blockers[0]
+
+
+def test_plan_for_settings_is_what_the_report_embeds() -> None:
+    from kit.plan import plan_for_settings
+
+    r = plan_for_settings(load_settings("seed"), gpu="h200", context=4096, target_sessions=64)
+    data = r.to_json()
+    assert data["profile"] == "seed" and data["settings"]["context"] == 4096
+    assert r.policy(4).configured and r.recommendation is not None
+    assert json.loads(json.dumps(data)) == data  # plain JSON types only
