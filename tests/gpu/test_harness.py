@@ -1,0 +1,223 @@
+"""CPU tests of the GPU benchmark harness: argv from settings, engine-log parsing, ratios and
+targets, the results file, the load generator and recording proxy against a local streaming server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kit.render import serve_args
+from tests.gpu import bench, loadgen
+from tests.gpu.clients_run import StdlibRecordingProxy
+from tests.gpu.fake_server import FakeServer
+from tests.gpu.server import kv_capacity, parse_cache_configs, python_argv
+
+# As lmdeploy 0.18's PyTorch engine logs it at INFO (pytorch/engine/executor/base.py).
+ENGINE_LOG = (
+    """\
+2026-11-20 10:00:00,001 - lmdeploy - INFO - async_engine.py:120 - input backend=pytorch
+2026-11-20 10:00:41,523 - lmdeploy - INFO - base.py:439 - Building CacheEngine with config:"""
+    + " \n"
+    + """CacheConfig(max_batches=1024, block_size=64, num_cpu_blocks=512, num_gpu_blocks=34932, kernel_block_size=64, window_size=-1, cache_max_entry_count=0.4, max_prefill_token_num=8192, cudagraph_capture_batch_sizes=[1, 2, 4, 8], enable_prefix_caching=False, quant_policy=<QuantPolicy.INT4: 4>, device_type='cuda', num_state_caches=None, prefix_cache_state_budget=0, prefix_cache_decode_state_interval=0, states_shapes=[], num_reserved_gpu_blocks=0, role=<EngineRole.Hybrid: 1>, migration_backend=<MigrationBackend.DLSlime: 1>, kv_transfer_config=None).
+2026-11-20 10:01:02,000 - lmdeploy - INFO - api_server.py:500 - Uvicorn running on http://0.0.0.0:23333
+"""
+)
+
+
+@pytest.fixture
+def fake():
+    server = FakeServer()
+    url = server.start()
+    yield server, url
+    server.stop()
+
+
+@pytest.fixture
+def bench_obj(tmp_path: Path) -> bench.Bench:
+    args = bench.build_parser().parse_args(["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")])
+    args.stages, args.skip, args.duration = bench.STAGES, [], 20.0
+    b = bench.Bench(args)
+    b.write_settings()
+    return b
+
+
+def test_cache_config_line_is_parsed_into_blocks_and_tokens() -> None:
+    caches = parse_cache_configs(ENGINE_LOG)
+    assert len(caches) == 1
+    assert caches[0]["num_gpu_blocks"] == 34932 and caches[0]["block_size"] == 64
+    assert caches[0]["cache_max_entry_count"] == 0.4
+    assert caches[0]["raw"].startswith("CacheConfig(max_batches=1024") and caches[0]["raw"].endswith("kv_transfer_config=None)")
+    assert kv_capacity(caches[0]) == {"num_gpu_blocks": 34932, "block_size": 64, "tokens": 34932 * 64}
+    assert parse_cache_configs("no engine here") == [] and kv_capacity(None) is None
+
+
+def test_kit_servers_use_exactly_the_rendered_args(bench_obj: bench.Bench) -> None:
+    for name, (_profile, qp, kit) in bench.SERVER_STAGES.items():
+        argv, s = bench_obj.server_argv(name)
+        assert s.serving.backend == "pytorch" and s.serving.cache_max_entry_count == 0.4 and s.serving.quant_policy == qp
+        assert argv[argv.index("--quant-policy") + 1] == str(qp)
+        if kit:
+            assert argv == serve_args(s)
+        else:  # the hand-typed baseline: minimal, same engine config as awq-kv4
+            assert "--model-name" not in argv and "--tool-call-parser" not in argv
+            assert argv[3] == s.serve_path == s.quantized_path
+    fp16, s16 = bench_obj.server_argv("fp16")
+    assert fp16[3] == s16.fp16_path and "--model-format" not in fp16  # the pytorch backend rejects hf
+    kv4, _ = bench_obj.server_argv("awq-kv4")
+    assert kv4[kv4.index("--model-format") + 1] == "awq"
+    assert python_argv(kv4)[1:3] == ["-m", "lmdeploy"]
+
+
+def test_bench_settings_point_every_kit_tool_at_the_workdir(bench_obj: bench.Bench, tmp_path: Path) -> None:
+    s = bench_obj.settings("seed")
+    assert s.fp16_path.startswith(str(tmp_path / "work" / "models"))
+    assert (s.quantization.calib_samples, s.quantization.calib_seqlen, s.quantization.w_group_size) == (128, 2048, 128)
+    env = bench_obj.kit_env("seed")
+    assert env["KIT_SETTINGS"] == str(bench_obj.settings_file) and env["PROFILE"] == "seed"
+
+
+def sample_results() -> dict:
+    def cfg(blocks: int, steady: float, cap: float | None = None) -> dict:
+        c = {"kv": {"num_gpu_blocks": blocks, "block_size": 64, "tokens": blocks * 64}, "streams64": {"steady_tok_s": steady, "errors": 0}}
+        if cap:
+            c["capacity"] = {"total_tok_s": cap, "errors": 0}
+        return c
+
+    return {
+        "quantize": {"kit": {"rc": 0, "seconds": 101.0}, "bare": {"rc": 0, "seconds": 100.0}, "rerun": {"rc": 0, "seconds": 1.2}},
+        "configs": {
+            "fp16": cfg(4800, 5000, cap=1000),
+            "awq-kv0": cfg(5200, 4000),
+            "awq-kv8": cfg(10300, 4100),
+            "awq-kv4": cfg(20000, 4200, cap=1800),
+            "bare": cfg(20000, 4300),
+        },
+    }
+
+
+def test_ratios_compare_against_the_issue_targets() -> None:
+    r = bench.compute_ratios(sample_results())
+    assert r["quantize_kit_over_bare"] == {"value": 1.01, "target": "<= 1.05", "pass": True, "basis": r["quantize_kit_over_bare"]["basis"]}
+    assert r["quantize_rerun_s"]["pass"] is True
+    assert r["throughput_kit_over_bare"]["value"] == round(4200 / 4300, 3) and r["throughput_kit_over_bare"]["pass"] is True
+    assert r["kv8_tokens_over_unquantized"]["value"] == round(10300 / 5200, 3) and r["kv8_tokens_over_unquantized"]["pass"] is True
+    assert "awq-kv0" in r["kv8_tokens_over_unquantized"]["basis"]
+    assert r["kv4_tokens_over_unquantized"]["pass"] is True  # 3.85
+    assert r["capacity_load_kv4_over_fp16"]["value"] == 1.8 and r["capacity_load_errors"]["pass"] is True
+
+    bad = sample_results()
+    bad["quantize"]["kit"]["seconds"] = 130.0
+    bad["configs"]["awq-kv4"]["streams64"]["errors"] = 3  # a run with errors yields no throughput ratio
+    bad["configs"]["awq-kv4"]["capacity"]["errors"] = 2
+    r = bench.compute_ratios(bad)
+    assert r["quantize_kit_over_bare"]["pass"] is False
+    assert "throughput_kit_over_bare" not in r
+    assert r["capacity_load_errors"] == {"value": 2, "target": "== 0", "pass": False}
+    assert bench.compute_ratios({}) == {}
+
+
+def test_results_file_is_written_after_every_stage_even_when_one_fails(bench_obj: bench.Bench) -> None:
+    bench_obj.results.update(sample_results())
+    bench_obj.results["configs"]["awq-kv4"]["cache_config_raw"] = "CacheConfig(num_gpu_blocks=20000)"
+
+    def boom() -> None:
+        raise RuntimeError("engine died")
+
+    bench_obj.run_stage("awq-kv8", boom)
+    out = json.loads((bench_obj.out / "results.json").read_text())
+    assert out["schema"] == bench.SCHEMA_VERSION
+    assert out["stages"]["awq-kv8"]["status"] == "failed" and "engine died" in out["stages"]["awq-kv8"]["error"]
+    assert out["ratios"]["throughput_kit_over_bare"]["pass"] is True
+    assert "CacheConfig(num_gpu_blocks=20000)" in (bench_obj.out / "cache-configs.log").read_text()
+    assert (bench_obj.out / "logs.tgz").stat().st_size > 0
+    assert (bench_obj.logs / "stage-awq-kv8.traceback.txt").exists()
+
+
+def test_cli_refuses_unknown_stages_and_machines_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bench.main(["--stages", "model,warp-drive", "--out", str(tmp_path)]) == 2
+    if shutil.which("nvidia-smi") is None:
+        monkeypatch.setattr(bench, "gpu_memory", lambda: {})
+        assert bench.main(["--quick", "--out", str(tmp_path)]) == 2
+
+
+def test_sustained_load_counts_tokens_ttft_and_errors(fake) -> None:
+    server, url = fake
+    stats = asyncio.run(loadgen.sustained_load(url + "/v1", "fake-model", 8, 1.0, 20, lambda i: loadgen.unique_prompt(i, 10), warmup_s=0.2))
+    assert stats.errors == 0 and stats.requests >= 8 and stats.concurrency == 8
+    assert stats.output_tokens == 20 * stats.requests
+    assert stats.ttft_p50_s is not None and 0.015 <= stats.ttft_p50_s < 1.0 and stats.ttft_p95_s >= stats.ttft_p50_s
+    assert stats.total_tok_s > 0 and stats.steady_tok_s > 0
+    prompts = [r["json"]["messages"][0]["content"] for r in server.requests if r["path"] == "/v1/chat/completions"]
+    assert len(set(prompts)) == len(prompts)  # unique prompts: no prefix-cache effects
+    sent = server.requests[-1]["json"]
+    assert sent["ignore_eos"] is True and sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+    server.fail_every = 3
+    stats = asyncio.run(loadgen.sustained_load(url + "/v1", "fake-model", 4, 0.5, 5, lambda i: loadgen.unique_prompt(i, 5)))
+    assert stats.errors > 0 and any("HTTP 500" in e for e in stats.first_errors)
+
+
+def test_batch1_medians_and_a_dead_server_is_an_error_not_a_crash(fake) -> None:
+    _, url = fake
+    res = asyncio.run(loadgen.repeated_single(url + "/v1", "fake-model", 3, 30, lambda i: loadgen.unique_prompt(i, 8)))
+    assert res["errors"] == 0 and len(res["decode_tok_s_all"]) == 3 and res["decode_tok_s"] > 0 and res["ttft_s"] >= 0.015
+    dead = asyncio.run(loadgen.stream_chat("http://127.0.0.1:9/v1", "m", "hi", 4, timeout=2))
+    assert not dead.ok and dead.error
+
+
+def test_prompt_length_is_calibrated_with_the_servers_token_count(fake) -> None:
+    _, url = fake
+    words, measured = asyncio.run(bench.calibrate_words(url + "/v1", "fake-model", 4096))
+    assert measured is not None and abs(measured - 4096) <= 64
+
+
+def test_summary_percentiles_and_steady_window() -> None:
+    assert loadgen.percentile([5, 1, 3, 2, 4], 50) == 3 and loadgen.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95) == 10
+    assert loadgen.percentile([], 50) is None
+    rs = [loadgen.RequestResult(ok=True, t_start=0.0, t_first=1.0, t_end=11.0, completion_tokens=100)]
+    st = loadgen.summarize(rs, 1, t0=0.0, deadline=6.0, warmup=1.0)
+    assert st.steady_tok_s == 10.0 and st.total_tok_s == round(100 / 11, 2)
+
+
+def test_recording_proxy_saves_real_exchanges_and_passes_streams_through(fake, tmp_path: Path) -> None:
+    _, url = fake
+    proxy = StdlibRecordingProxy(url, tmp_path / "rec")
+    proxy.start()
+    try:
+        r = asyncio.run(loadgen.stream_chat(proxy.url + "/v1", "fake-model", "hello", 5))
+        with urllib.request.urlopen(proxy.url + "/v1/models", timeout=10) as resp:
+            assert json.loads(resp.read())["data"][0]["id"] == "fake-model"
+    finally:
+        proxy.stop()
+    assert r.ok and r.completion_tokens == 5
+    files = sorted((tmp_path / "rec").glob("*.json"))
+    assert [f.name.split("-", 1)[1] for f in files] == ["POST-v1-chat-completions.json", "GET-v1-models.json"]
+    chat = json.loads(files[0].read_text())
+    assert chat["request"]["json"]["messages"][0]["content"] == "hello"
+    assert chat["response"]["status"] == 200 and chat["response"]["body"].count("data: ") == 7
+
+
+@pytest.mark.slow
+def test_bare_awq_wrapper_runs_lmdeploys_cli_offline_on_a_tiny_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.models import build_llama
+
+    model = build_llama(tmp_path / "tiny")
+    calib = tmp_path / "calib.txt"
+    calib.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "awq"
+    argv = ["lmdeploy", "lite", "auto_awq", str(model), "--work-dir", str(out), "--calib-samples", "4", "--calib-seqlen", "64"]
+    argv += ["--w-bits", "4", "--w-group-size", "128", "--batch-size", "1", "--device", "cpu", "--dtype", "float16"]
+    cp = subprocess.run([sys.executable, "-m", "tests.gpu.bare_awq", str(calib), *argv], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert "offline calibration: 4 x 64 tokens" in cp.stdout
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "awq"
+    bad = subprocess.run([sys.executable, "-m", "tests.gpu.bare_awq", str(tmp_path / "nope.txt"), *argv], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not found" in bad.stderr
