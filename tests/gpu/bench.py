@@ -169,7 +169,7 @@ class Bench:
     def environment(self) -> None:
         env: dict[str, Any] = {"python": platform.python_version(), "host": platform.node()}
         gpu = gpu_memory()
-        env.update(gpu=gpu.get("name"), driver=gpu.get("driver"), gpu_total_mib=gpu.get("total_mib"))
+        env.update(gpu=gpu.get("name"), driver=gpu.get("driver"), gpu_total_mib=gpu.get("total_mib"), gpu_baseline_mib=gpu.get("used_mib"))
         self.gpu_baseline_mib = gpu.get("used_mib")
         probe = (
             "import json,importlib\n"
