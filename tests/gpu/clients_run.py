@@ -187,9 +187,9 @@ def run_clients(upstream: str, record_dir: Path, logs: Path, env: dict[str, str]
         }
         py = [sys.executable, "-m"]
         out: dict[str, Any] = {"proxy": type(proxy).__name__, "served_model": served_model}
-        out["chat"] = _run("chat", py + ["clients.chat", "--prompt", "Say hello in five words."], cenv, logs)
+        out["chat"] = _run("chat", py + ["clients.chat", "--prompt", "Say hello in five words.", "--max-tokens", "64"], cenv, logs)
         out["gpu_report"] = _run("gpu_report", py + ["clients.gpu_report", "--json"], cenv, logs)
-        out["funcall"] = _run("funcall", py + ["clients.funcall", "--tool-choice", "required"], cenv, logs)
+        out["funcall"] = _run("funcall", py + ["clients.funcall", "--tool-choice", "required", "--json"], cenv, logs)
         out["funcall"]["note"] = FUNCALL_PROMPT_NOTE
         out["webui"] = _webui(cenv, logs)
     finally:

@@ -221,3 +221,19 @@ def test_bare_awq_wrapper_runs_lmdeploys_cli_offline_on_a_tiny_model(tmp_path: P
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "awq"
     bad = subprocess.run([sys.executable, "-m", "tests.gpu.bare_awq", str(tmp_path / "nope.txt"), *argv], capture_output=True, text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+@pytest.mark.slow
+def test_clients_step_runs_the_real_clients_through_the_recording_proxy(fake, tmp_path: Path) -> None:
+    pytest.importorskip("openai")
+    import os
+
+    from tests.gpu.clients_run import run_clients
+
+    _, url = fake
+    (tmp_path / "logs").mkdir()
+    out = run_clients(url, tmp_path / "rec", tmp_path / "logs", dict(os.environ), "fake-model")
+    assert out["chat"]["rc"] == 0
+    assert out["funcall"]["json"]["tool_choice"] == "required" and out["funcall"]["json"]["verdict"] == "no_tool_call"
+    assert any(f.endswith("POST-v1-chat-completions.json") for f in out["recorded_files"])
+    assert (tmp_path / "logs" / "client-chat.log").read_text().startswith("$ ")
