@@ -206,6 +206,17 @@ def resolved_settings(s: Settings) -> str:
     return f"# {HEADER}\n# Resolved profile {s.profile!r}, mounted at {SETTINGS_FILE} in the pods.\n" + _dump(data)
 
 
+def _config_labels(name: str) -> dict[str, str]:
+    """Generated ConfigMaps are not in the base, so they get the five labels here."""
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/instance": "lmdeploy",
+        "app.kubernetes.io/component": "config",
+        "app.kubernetes.io/part-of": "lmdeploy-kit",
+        "app.kubernetes.io/managed-by": "kustomize",
+    }
+
+
 def kustomization(s: Settings) -> dict[str, Any]:
     images = [{"name": BASE_IMAGES[name], **split_image(image_ref(s, name))} for name in ("runtime", "client")]
     return {
@@ -216,8 +227,8 @@ def kustomization(s: Settings) -> dict[str, Any]:
         "labels": [{"pairs": {"lmdeploy-kit/profile": s.profile}, "includeSelectors": False, "includeTemplates": True}],
         "images": images,
         "configMapGenerator": [
-            {"name": "lmdeploy-params", "envs": ["params.env"]},
-            {"name": "lmdeploy-settings", "files": ["settings.yaml"]},
+            {"name": "lmdeploy-params", "envs": ["params.env"], "options": {"labels": _config_labels("lmdeploy-params")}},
+            {"name": "lmdeploy-settings", "files": ["settings.yaml"], "options": {"labels": _config_labels("lmdeploy-settings")}},
         ],
         "patches": [{"path": "from-settings.yaml"}],
     }

@@ -1,0 +1,405 @@
+"""Rendered overlays: validators plus the semantic checks they miss (mounts, selectors, ports, paths, args)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kit import k8s_params
+from kit.k8s_params import COMPLETE_MARKER, FETCH, GRADIO, PVC, QUANTIZE, SERVE, serve_command
+from kit.render import API_KEY_ENV, image_ref, serve_args
+from kit.settings import load_settings
+from tests.conftest import REPO
+from tests.k8s.conftest import EXTRA_OVERLAYS, OVERLAYS, PROFILE_OVERLAYS, build, profile_of
+
+LABELS = ("name", "instance", "component", "part-of", "managed-by")
+WORKLOADS = ("Deployment", "Job")
+CLUSTER_SCOPED = ("Namespace",)
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
+    return hits[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """(object name, pod spec, pod labels) of every workload."""
+    return [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"], d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in WORKLOADS
+    ]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def configmap_data(docs: list[dict[str, Any]], prefix: str) -> dict[str, str]:
+    hits = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix + "-")]
+    assert len(hits) == 1
+    return hits[0]["data"]
+
+
+# ------------------------------------------------------------------------------------- rendering + validators
+
+
+def test_every_overlay_is_tested() -> None:
+    assert set(PROFILE_OVERLAYS) | set(EXTRA_OVERLAYS) == set(OVERLAYS)
+
+
+def test_base_renders_on_its_own() -> None:
+    kinds = {d["kind"] for d in build(REPO / "k8s/base")}
+    assert {"Namespace", "PersistentVolumeClaim", "Job", "Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+
+
+def test_overlay_passes_kubernetes_validate_strict(overlay: str, tmp_path: Path) -> None:
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(yaml.safe_dump_all(build(REPO / "k8s/overlays" / overlay)))
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/kubernetes-validate"), "--strict", "--quiet", str(rendered)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kubernetes_validate_catches_an_unknown_field(tmp_path: Path) -> None:
+    """The validator really runs strict: a misspelt field fails (guards the test above against a no-op)."""
+    docs = build(REPO / "k8s/overlays/default")
+    bad = [dict(d) for d in docs]
+    dep = next(d for d in bad if d["kind"] == "Deployment")
+    dep["spec"] = {**dep["spec"], "replica": 1}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump_all(bad))
+    proc = subprocess.run([str(REPO / ".venv/bin/kubernetes-validate"), "--strict", "--quiet", str(path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+def test_generated_overlays_match_settings() -> None:
+    profiles = {p: load_settings(p) for p in PROFILE_OVERLAYS}
+    for rel, text in k8s_params.generated_files(profiles).items():
+        assert (REPO / rel).read_text() == text, f"{rel} is stale: run `make render`"
+
+
+def test_checkov_skips_carry_a_written_reason(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        for key, value in (d["metadata"].get("annotations") or {}).items():
+            if key.startswith("checkov.io/skip"):
+                assert re.fullmatch(r"CKV2?_[A-Z0-9_]+=.{20,}", value), (
+                    f"{d['kind']}/{d['metadata']['name']} {key}: {value!r} has no reason"
+                )
+
+
+def test_no_secret_values_in_the_manifests(docs: list[dict[str, Any]]) -> None:
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    s = load_settings(profile_of(docs_profile(docs)))
+    refs = {
+        v["secretKeyRef"]["name"]
+        for _, spec, _ in pod_specs(docs)
+        for c in containers(spec)
+        for v in env(c).values()
+        if isinstance(v, dict) and "secretKeyRef" in v
+    }
+    assert refs == {s.serving.api_key_secret, s.serving.hub_token_secret}
+
+
+def docs_profile(docs: list[dict[str, Any]]) -> str:
+    return find(docs, "Deployment", SERVE)["metadata"]["labels"]["lmdeploy-kit/profile"]
+
+
+# ------------------------------------------------------------------------------------- labels, selectors, ports
+
+
+def test_five_labels_on_every_object(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        labels = d["metadata"].get("labels") or {}
+        missing = [k for k in LABELS if f"app.kubernetes.io/{k}" not in labels]
+        assert not missing, f"{d['kind']}/{d['metadata']['name']} lacks {missing}"
+    for name, _, labels in pod_specs(docs):
+        assert all(f"app.kubernetes.io/{k}" in labels for k in LABELS), name
+
+
+def test_selectors_use_name_and_component_and_match_pods(docs: list[dict[str, Any]]) -> None:
+    pods = [labels for _, _, labels in pod_specs(docs)]
+    keys = {"app.kubernetes.io/name", "app.kubernetes.io/component"}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            sel = d["spec"]["selector"]["matchLabels"]
+            assert set(sel) == keys and matches(sel, d["spec"]["template"]["metadata"]["labels"]), d["metadata"]["name"]
+        elif d["kind"] == "Service":
+            assert set(d["spec"]["selector"]) == keys
+            assert any(matches(d["spec"]["selector"], p) for p in pods), f"Service {d['metadata']['name']} selects no pod"
+        elif d["kind"] == "PodDisruptionBudget":
+            assert any(matches(d["spec"]["selector"]["matchLabels"], p) for p in pods)
+        elif d["kind"] == "NetworkPolicy":
+            sel = d["spec"]["podSelector"]
+            if "matchLabels" in sel:
+                assert any(matches(sel["matchLabels"], p) for p in pods), d["metadata"]["name"]
+            for expr in sel.get("matchExpressions", []):
+                assert any(p.get(expr["key"]) in expr["values"] for p in pods), d["metadata"]["name"]
+
+
+def test_probe_and_service_ports_name_container_ports(docs: list[dict[str, Any]]) -> None:
+    ports_by_pod = {}
+    for name, spec, labels in pod_specs(docs):
+        for c in spec["containers"]:
+            names = {p["name"] for p in c.get("ports", [])}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in c:
+                    port = c[probe]["httpGet"]["port"]
+                    assert port in names, f"{name}/{c['name']} {probe} uses port {port!r}; container ports: {names}"
+            ports_by_pod[name] = (labels, {p["name"]: p["containerPort"] for p in c.get("ports", [])})
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        targets = [ports for labels, ports in ports_by_pod.values() if matches(svc["spec"]["selector"], labels)]
+        for port in svc["spec"]["ports"]:
+            assert all(port["targetPort"] in t for t in targets), f"Service {svc['metadata']['name']} targets a port no pod names"
+
+
+def test_only_gradio_and_labelled_clients_reach_the_api(docs: list[dict[str, Any]]) -> None:
+    s = load_settings(profile_of(docs_profile(docs)))
+    policy = find(docs, "NetworkPolicy", SERVE)
+    (rule,) = policy["spec"]["ingress"]
+    froms = [f["podSelector"]["matchLabels"] for f in rule["from"]]
+    gradio_labels = find(docs, "Deployment", GRADIO)["spec"]["template"]["metadata"]["labels"]
+    assert any(matches(f, gradio_labels) for f in froms)
+    assert {"lmdeploy-kit/client": "true"} in froms and len(froms) == 2
+    serve = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in serve["ports"]}
+    assert [named[p["port"]] for p in rule["ports"]] == [s.serving.port]
+
+
+# ------------------------------------------------------------------------------------- volumes and paths
+
+
+def test_every_volume_mount_has_a_volume(docs: list[dict[str, Any]]) -> None:
+    for name, spec, _ in pod_specs(docs):
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        mounted = set()
+        for c in containers(spec):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{name}/{c['name']} mounts {m['name']!r}, not a volume of the pod"
+                mounted.add(m["name"])
+        assert volumes == mounted, f"{name}: unused volumes {volumes - mounted}"
+
+
+def test_job_outputs_serving_path_and_markers_agree(docs: list[dict[str, Any]]) -> None:
+    """Quantize Job output == Deployment model path == the marker the initContainer waits for, on one PVC."""
+    s = load_settings(profile_of(docs_profile(docs)))
+    params = configmap_data(docs, "lmdeploy-params")
+    deploy = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]
+    model_arg = deploy["containers"][0]["command"][3]
+    wait = next(c for c in deploy["initContainers"] if c["name"] == "wait-for-model")
+    job_names = [d["metadata"]["name"] for d in docs if d["kind"] == "Job"]
+    if s.quantization.enabled:
+        assert job_names == [FETCH, QUANTIZE] or sorted(job_names) == sorted([FETCH, QUANTIZE])
+        assert params["KIT_QUANTIZED_PATH"] == model_arg == s.quantized_path
+        quant = find(docs, "Job", QUANTIZE)["spec"]["template"]["spec"]
+        fetch_wait = next(c for c in quant["initContainers"] if c["name"] == "wait-for-fetch")
+        assert env(fetch_wait)["MARKER"] == f"{params['KIT_FP16_PATH']}/{COMPLETE_MARKER}"
+    else:
+        assert job_names == [FETCH], "unquantized profiles need no quantize Job"
+        assert params["KIT_FP16_PATH"] == model_arg == s.fp16_path
+    assert env(wait)["MARKER"] == f"{model_arg}/{COMPLETE_MARKER}"
+    # Every pod that touches the model mounts the same claim at the settings' models_root.
+    for name, spec, _ in pod_specs(docs):
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+        for c in containers(spec):
+            for m in c.get("volumeMounts", []):
+                if m["name"] in claims:
+                    assert claims[m["name"]] == PVC and m["mountPath"] == s.storage.models_root, name
+
+
+def test_pods_load_the_same_settings(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The mounted settings file resolves to exactly the profile's settings (jobs call load_settings())."""
+    profile = profile_of(docs_profile(docs))
+    path = tmp_path / "settings.yaml"
+    path.write_text(configmap_data(docs, "lmdeploy-settings")["settings.yaml"])
+    assert load_settings(profile, path) == load_settings(profile)
+    for name, spec, _ in pod_specs(docs):
+        for c in spec["containers"]:
+            if name != GRADIO:
+                assert env(c)["PROFILE"] == profile and env(c)["KIT_SETTINGS"] == k8s_params.SETTINGS_FILE, name
+                mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+                assert mounts[k8s_params.SETTINGS_MOUNT] == "settings"
+
+
+# ------------------------------------------------------------------------------------- the serving container
+
+
+def test_serve_command_is_the_settings_render(docs: list[dict[str, Any]]) -> None:
+    s = load_settings(profile_of(docs_profile(docs)))
+    api = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]
+    assert api["command"] == serve_args(s, api_key=f"$({API_KEY_ENV})")
+    assert env(api)[API_KEY_ENV] == {"secretKeyRef": {"name": s.serving.api_key_secret, "key": "api-key"}}
+
+
+_PARSE = """
+import contextlib, io, json, sys
+from lmdeploy.cli.cli import CLI
+from lmdeploy.cli.serve import SubCliServe
+SubCliServe.add_parser_api_server()
+keys = ('model_path', 'quant_policy', 'cache_max_entry_count', 'model_format', 'tp', 'server_port', 'tool_call_parser',
+        'trust_remote_code', 'api_keys', 'backend')
+out = []
+for argv in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            a = CLI.parser.parse_args(argv)
+        out.append({k: getattr(a, k) for k in keys})
+    except SystemExit as exc:
+        out.append({'exit': exc.code, 'stderr': err.getvalue()})
+print(json.dumps(out))
+"""
+BAD_ARGV = ["serve", "api_server", "/m", "--trust-remote-code", "False"]
+_parsed: list[dict[str, Any]] = []
+
+
+def lmdeploy_parse() -> list[dict[str, Any]]:
+    """Every profile's rendered command (argv[1:]) then BAD_ARGV through lmdeploy's real parser, in one process."""
+    pytest.importorskip("lmdeploy.cli.serve", reason="lmdeploy is installed by requirements/nodeps.txt")
+    if not _parsed:
+        import json
+        import sys
+
+        argvs = []
+        for profile in PROFILE_OVERLAYS:
+            cmd = find(build(REPO / "k8s/overlays" / profile), "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]["command"]
+            assert cmd[0] == "lmdeploy"
+            argvs.append(cmd[1:])
+        proc = subprocess.run(
+            [sys.executable, "-c", _PARSE], input=json.dumps([*argvs, BAD_ARGV]), capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        _parsed.extend(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return _parsed
+
+
+@pytest.mark.parametrize("profile", PROFILE_OVERLAYS)
+def test_serve_command_parses_with_lmdeploys_own_parser(profile: str) -> None:
+    """Parse only: the real `lmdeploy serve api_server` argparse accepts the rendered command."""
+    parsed = lmdeploy_parse()[PROFILE_OVERLAYS.index(profile)]
+    assert "exit" not in parsed, parsed.get("stderr")
+    s = load_settings(profile)
+    assert parsed["model_path"] == s.serve_path
+    assert parsed["quant_policy"] == s.serving.quant_policy
+    assert parsed["cache_max_entry_count"] == s.serving.cache_max_entry_count
+    assert parsed["model_format"] == s.effective_model_format
+    assert parsed["tp"] == s.serving.tp
+    assert parsed["server_port"] == s.serving.port
+    assert parsed["tool_call_parser"] == s.serving.tool_call_parser
+    assert parsed["trust_remote_code"] is s.model.trust_remote_code
+    assert parsed["backend"] == s.serving.backend
+    assert parsed["api_keys"] == [f"$({API_KEY_ENV})"]
+
+
+def test_lmdeploy_parser_rejects_a_bad_command() -> None:
+    """Guards the parse test: a homework-style string after an on/off flag fails the real parser."""
+    bad = lmdeploy_parse()[-1]
+    assert bad["exit"] == 2 and "unrecognized arguments: False" in bad["stderr"]
+
+
+def test_serving_pod_shape(docs: list[dict[str, Any]]) -> None:
+    s = load_settings(profile_of(docs_profile(docs)))
+    dep = find(docs, "Deployment", SERVE)
+    spec = dep["spec"]["template"]["spec"]
+    api = spec["containers"][0]
+    gpu = s.kubernetes.gpu_resource
+    assert api["resources"]["requests"][gpu] == api["resources"]["limits"][gpu] == str(s.serving.tp)
+    startup = api["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= s.kubernetes.startup_timeout_s
+    for probe in ("readinessProbe", "livenessProbe"):
+        p = api[probe]
+        assert p["httpGet"]["path"] == "/health" and p["periodSeconds"] * p["failureThreshold"] <= 60, probe
+    assert api["lifecycle"]["preStop"]["sleep"]["seconds"] < spec["terminationGracePeriodSeconds"]
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert dep["spec"]["replicas"] == s.serving.replicas
+    shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": s.kubernetes.shm_size}
+    assert {m["mountPath"]: m["name"] for m in api["volumeMounts"]}["/dev/shm"] == "dshm"
+
+
+def test_every_pod_is_hardened(docs: list[dict[str, Any]]) -> None:
+    for name, spec, _ in pod_specs(docs):
+        assert spec["automountServiceAccountToken"] is False, name
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] >= 10000 and psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], f"{name}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True, f"{name}/{c['name']}"
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name}/{c['name']} {kind}"
+
+
+def test_images_come_from_settings(docs: list[dict[str, Any]]) -> None:
+    s = load_settings(profile_of(docs_profile(docs)))
+    expected = {"lmdeploy-gradio": image_ref(s, "client")}
+    for name, spec, _ in pod_specs(docs):
+        for c in containers(spec):
+            assert c["image"] == expected.get(name, image_ref(s, "runtime")), f"{name}/{c['name']}"
+
+
+def test_everything_lands_in_the_settings_namespace(docs: list[dict[str, Any]]) -> None:
+    ns = load_settings(profile_of(docs_profile(docs))).kubernetes.namespace
+    for d in docs:
+        if d["kind"] in CLUSTER_SCOPED:
+            assert d["metadata"]["name"] == ns
+        else:
+            assert d["metadata"].get("namespace") == ns, f"{d['kind']}/{d['metadata']['name']}"
+
+
+def test_model_store_follows_settings(docs: list[dict[str, Any]]) -> None:
+    k = load_settings(profile_of(docs_profile(docs))).kubernetes
+    pvc = find(docs, "PersistentVolumeClaim", PVC)["spec"]
+    assert pvc["accessModes"] == [k.access_mode] and pvc["resources"]["requests"]["storage"] == k.pvc_size
+    assert pvc.get("storageClassName", "") == k.storage_class
+
+
+def test_profiles_differ_where_the_settings_do() -> None:
+    """The overlays are not copies: seed serves KV int4 at 0.4, fc the fp16 model at policy 0, multi-gpu two GPUs."""
+    cmd = {p: serve_command(load_settings(p)) for p in PROFILE_OVERLAYS}
+    assert cmd["seed"][cmd["seed"].index("--quant-policy") + 1] == "4"
+    assert cmd["fc"][cmd["fc"].index("--quant-policy") + 1] == "0" and "--model-format" not in cmd["fc"]
+    assert cmd["multi-gpu"][cmd["multi-gpu"].index("--tp") + 1] == "2"
+
+
+def test_generated_patch_follows_a_changed_setting() -> None:
+    s = load_settings("default", overrides={"serving": {"port": 8000, "tp": 4}, "kubernetes": {"gpu_resource": "amd.com/gpu"}})
+    serve = next(d for d in k8s_params.patches(s) if d["kind"] == "Deployment" and d["metadata"]["name"] == SERVE)
+    api = serve["spec"]["template"]["spec"]["containers"][0]
+    assert api["ports"][1]["containerPort"] == 8000 and "8000" in api["command"]
+    assert api["resources"]["limits"]["amd.com/gpu"] == "4" and api["resources"]["$patch"] == "replace"
+
+
+# ------------------------------------------------------------------------------------- monitoring overlay
+
+
+def test_monitoring_objects_point_at_real_objects() -> None:
+    docs = build(REPO / "k8s/overlays/monitoring")
+    s = load_settings("default")
+    svc = find(docs, "Service", SERVE)
+    sm = find(docs, "ServiceMonitor", SERVE)
+    assert matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"]["credentials"] == {"name": s.serving.api_key_secret, "key": "api-key"}
+    so = find(docs, "ScaledObject", SERVE)
+    assert find(docs, "Deployment", so["spec"]["scaleTargetRef"]["name"])
+    assert "lmdeploy:num_requests_waiting" in so["spec"]["triggers"][0]["metadata"]["query"]
+    # metrics stay on: the rendered command carries no --disable-metrics
+    assert "--disable-metrics" not in find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]["command"]
