@@ -94,6 +94,20 @@ def _volumes_dshm(s: Settings) -> list[dict[str, Any]]:
     return [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.kubernetes.shm_size}}]
 
 
+BASE_MODELS_ROOT = "/models"
+
+
+def _model_mount(s: Settings, read_only: bool) -> dict[str, Any]:
+    """volumeMounts moving the model store from the base's /models to storage.models_root (empty when equal)."""
+    root = s.storage.models_root
+    if root == BASE_MODELS_ROOT:
+        return {}
+    mount: dict[str, Any] = {"name": "model", "mountPath": root}
+    if read_only:
+        mount["readOnly"] = True
+    return {"volumeMounts": [{"mountPath": BASE_MODELS_ROOT, "$patch": "delete"}, mount]}
+
+
 def patches(s: Settings) -> list[dict[str, Any]]:
     """Strategic-merge patches setting every settings-derived field of the base objects."""
     k = s.kubernetes
@@ -102,7 +116,9 @@ def patches(s: Settings) -> list[dict[str, Any]]:
         "replicas": s.serving.replicas,
         "template": {
             "spec": {
-                "initContainers": [{"name": "wait-for-model", "env": [{"name": "MARKER", "value": marker(s.serve_path)}]}],
+                "initContainers": [
+                    {"name": "wait-for-model", "env": [{"name": "MARKER", "value": marker(s.serve_path)}], **_model_mount(s, True)}
+                ],
                 "containers": [
                     {
                         "name": "api-server",
@@ -114,6 +130,7 @@ def patches(s: Settings) -> list[dict[str, Any]]:
                         ],
                         "resources": _resources(s, k.serve_cpu, k.serve_memory, s.serving.tp),
                         "startupProbe": {"periodSeconds": STARTUP_PERIOD_S, "failureThreshold": startup_failure_threshold(s)},
+                        **_model_mount(s, True),
                     }
                 ],
                 "volumes": _volumes_dshm(s),
@@ -159,6 +176,7 @@ def patches(s: Settings) -> list[dict[str, Any]]:
                 "containers": [
                     {
                         "name": "fetch",
+                        **_model_mount(s, False),
                         "env": [
                             *_profile_env(s),
                             {
@@ -178,12 +196,15 @@ def patches(s: Settings) -> list[dict[str, Any]]:
             "activeDeadlineSeconds": k.quantize_deadline_s,
             "template": {
                 "spec": {
-                    "initContainers": [{"name": "wait-for-fetch", "env": [{"name": "MARKER", "value": marker(s.fp16_path)}]}],
+                    "initContainers": [
+                        {"name": "wait-for-fetch", "env": [{"name": "MARKER", "value": marker(s.fp16_path)}], **_model_mount(s, True)}
+                    ],
                     "containers": [
                         {
                             "name": "quantize",
                             "env": _profile_env(s),
                             "resources": _resources(s, k.serve_cpu, k.serve_memory, 1),
+                            **_model_mount(s, False),
                         }
                     ],
                     "volumes": _volumes_dshm(s),

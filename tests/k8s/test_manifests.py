@@ -403,3 +403,40 @@ def test_monitoring_objects_point_at_real_objects() -> None:
     assert "lmdeploy:num_requests_waiting" in so["spec"]["triggers"][0]["metadata"]["query"]
     # metrics stay on: the rendered command carries no --disable-metrics
     assert "--disable-metrics" not in find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_changed_settings_render_a_consistent_overlay(tmp_path: Path) -> None:
+    """Settings that differ from the base's values (models_root, ports, GPU resource, fc) still give consistent objects."""
+    s = load_settings(
+        "fc",
+        overrides={
+            "storage": {"models_root": "/data/models"},
+            "serving": {"port": 8000, "tp": 2},
+            "gradio": {"port": 7860},
+            "kubernetes": {"gpu_resource": "amd.com/gpu", "namespace": "llm", "storage_class": "fast", "access_mode": "ReadWriteMany"},
+        },
+    )
+    overlay = tmp_path / "k8s/overlays/custom"
+    overlay.mkdir(parents=True)
+    (tmp_path / "k8s/base").symlink_to(REPO / "k8s/base")
+    for name, text in k8s_params.overlay_files(s).items():
+        (overlay / name).write_text(text)
+    docs = build(overlay)
+    api = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]
+    assert api["containers"][0]["command"] == serve_command(s)
+    assert api["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "32Gi", "amd.com/gpu": "2"}
+    assert [p["containerPort"] for p in api["containers"][0]["ports"]] == [8000]
+    assert [p["port"] for p in find(docs, "Service", SERVE)["spec"]["ports"]] == [8000]
+    assert [p["port"] for p in find(docs, "Service", GRADIO)["spec"]["ports"]] == [7860]
+    for name, spec, _ in pod_specs(docs):
+        for c in containers(spec):
+            mounts = [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] == "model"]
+            assert mounts in ([], ["/data/models"]), f"{name}/{c['name']}: {mounts}"
+            assert "/models" not in [m["mountPath"] for m in c.get("volumeMounts", [])]
+    assert env(api["initContainers"][0])["MARKER"] == f"/data/models/internlm2_5-1_8b-chat/{COMPLETE_MARKER}"
+    assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {"llm"}
+    pvc = find(docs, "PersistentVolumeClaim", PVC)["spec"]
+    assert pvc["storageClassName"] == "fast" and pvc["accessModes"] == ["ReadWriteMany"]
+    # the volume checks of the shipped overlays hold here too
+    test_every_volume_mount_has_a_volume(docs)
+    test_probe_and_service_ports_name_container_ports(docs)
