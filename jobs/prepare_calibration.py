@@ -59,7 +59,9 @@ def from_dataset(name: str, max_chars: int) -> str:
     try:
         ds = load_dataset(*args, **kwargs)
     except Exception as exc:  # datasets raises many network/hub error types
-        raise JobError(f"cannot load dataset {name} ({'/'.join(args)}): {type(exc).__name__}: {exc}; use --from-file or --default offline") from None
+        raise JobError(
+            f"cannot load dataset {name} ({'/'.join(args)}): {type(exc).__name__}: {exc}; use --from-file or --default offline"
+        ) from None
     parts, total = [], 0
     for row in ds:
         chunk = str(row[field]).strip()

@@ -19,7 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from jobs import _calib
-from jobs._common import ENV_HELP, MARKER_NAME, JobError, Progress, add_settings_args, human, model_config, read_json, run, settings_from, tree_size
+from jobs._common import (
+    ENV_HELP,
+    MARKER_NAME,
+    JobError,
+    Progress,
+    add_settings_args,
+    human,
+    model_config,
+    read_json,
+    run,
+    settings_from,
+    tree_size,
+)
 from kit import exitcodes
 
 
@@ -76,7 +88,9 @@ def body(args: argparse.Namespace) -> int:
     model_config(fp16_dir)
     model_config(q_dir)
     if not (q_dir / MARKER_NAME).exists():
-        raise JobError(f"{q_dir} has no completion marker ({MARKER_NAME}): it is not a finished quantize output; run `python -m jobs.quantize`")
+        raise JobError(
+            f"{q_dir} has no completion marker ({MARKER_NAME}): it is not a finished quantize output; run `python -m jobs.quantize`"
+        )
     text, _ = _calib.read_text(calib_path)
     _, heldout = _calib.split(text)
     sizes, table = size_table(fp16_dir, q_dir)
@@ -95,7 +109,9 @@ def body(args: argparse.Namespace) -> int:
     ids = tokenizer(heldout, return_tensors="pt").input_ids
     windows = [ids[:, i : i + args.seqlen] for i in range(0, ids.shape[1] - args.seqlen + 1, args.seqlen)][: args.max_windows]
     if not windows:
-        raise JobError(f"the held-out tail of {calib_path} has {ids.shape[1]} tokens, fewer than --seqlen {args.seqlen}; use a longer text or a smaller --seqlen")
+        raise JobError(
+            f"the held-out tail of {calib_path} has {ids.shape[1]} tokens, fewer than --seqlen {args.seqlen}; use a longer text or a smaller --seqlen"
+        )
     n_tokens = sum(w.shape[1] for w in windows)
 
     progress.stage(f"fp16 perplexity on {len(windows)}x{args.seqlen} held-out tokens ({device})")
