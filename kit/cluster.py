@@ -431,9 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="check, apply, wait for the Jobs and the rollout")
     p.add_argument("--skip-plan", action="store_true", help="deploy even when the capacity plan finds a blocking error")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the serving rollout")
+    p.add_argument(
+        "--overlay", default=argparse.SUPPRESS, help="as the global --overlay (so `make deploy ARGS=--overlay=monitoring` works)"
+    )
     p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("undeploy", help="delete the deployment (keeps the model PVC)")
     p.add_argument("--delete-pvc", action="store_true", help="also delete the model store PVC (the downloaded and quantized model)")
+    p.add_argument("--overlay", default=argparse.SUPPRESS, help="as the global --overlay")
     p.set_defaults(func=cmd_undeploy)
     p = sub.add_parser("status", help="pods, Jobs, endpoints, events, GPU memory")
     p.add_argument("--json", action="store_true")

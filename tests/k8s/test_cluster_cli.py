@@ -122,3 +122,10 @@ def test_overlay_of_each_profile_exists() -> None:
     for profile in ("default", "seed", "fc", "multi-gpu"):
         assert cluster.overlay_dir(load_settings(profile), None).name == profile
     assert cluster.overlay_dir(load_settings("default"), "monitoring").name == "monitoring"
+
+
+def test_overlay_flag_after_the_subcommand() -> None:
+    args = cluster.build_parser().parse_args(["deploy", "--overlay=monitoring"])
+    assert args.overlay == "monitoring"
+    assert cluster.build_parser().parse_args(["--overlay", "seed", "deploy"]).overlay == "seed"
+    assert cluster.build_parser().parse_args(["deploy"]).overlay is None
