@@ -195,7 +195,9 @@ class KubernetesSettings(_Section):
         "ReadWriteOnce", description="RWX lets replicas on several nodes share the store."
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
-    gpu_model: str = Field("", description="GPU model of the serving nodes (e.g. h100, h200) for `make plan`/`make deploy` memory checks; empty = skip them.")
+    gpu_model: str = Field(
+        "", description="GPU model of the serving nodes (e.g. h100, h200) for `make plan`/`make deploy` memory checks; empty = skip them."
+    )
     serve_cpu: str = Field("4", description="CPU request of a serving pod.")
     serve_memory: str = Field("32Gi", description="Memory request/limit of a serving pod.")
     shm_size: str = Field("8Gi", description="/dev/shm size (memory-backed emptyDir).")
