@@ -201,6 +201,10 @@ def body(args: argparse.Namespace) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
+        # Holding the lock, anything temporary beside the output belongs to a dead run.
+        for stale in _stale_dirs(out):
+            progress.stage(f"removing {stale.name} left by an interrupted run")
+            shutil.rmtree(stale, ignore_errors=True)
         marker = read_json(out / MARKER_NAME)
         inputs: dict[str, Any] = {
             "model_path": str(model_dir),
@@ -232,9 +236,6 @@ def body(args: argparse.Namespace) -> int:
             hashing = threading.Thread(target=_hash, name="hash-inputs", daemon=True)
             hashing.start()
 
-        for stale in _stale_dirs(out):
-            progress.stage(f"removing {stale.name} left by an interrupted run")
-            shutil.rmtree(stale, ignore_errors=True)
         fp16_bytes = _weights_bytes(model_dir)
         check_free_space(out.parent, int(fp16_bytes * 0.6) + (64 << 20), "the quantized model")
 
