@@ -197,3 +197,21 @@ def test_fetch_copies_a_local_source_into_the_store(tiny_llama: Path, tmp_path: 
         summary["files"] >= 4 and (root / "tiny" / "model.safetensors").stat().st_size == (tiny_llama / "model.safetensors").stat().st_size
     )
     assert not list(root.glob(".tiny.tmp-*"))
+
+
+def test_prepare_calibration_offline_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import prepare_calibration
+
+    out = tmp_path / "calib.txt"
+    assert prepare_calibration.main([*settings_args(tmp_path), "--default", "--out", str(out)]) == 0
+    assert out.read_text() == (REPO / "jobs" / "data" / "calibration.txt").read_text()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("A paragraph of my own domain text.\n" * 200)
+    assert prepare_calibration.main([*settings_args(tmp_path), "--from-file", str(mine), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["path"] == str(tmp_path / "calibration" / "calib.txt") and result["chars"] == 7000
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 5000)
+    rc, line = _run(prepare_calibration.main, [*settings_args(tmp_path), "--from-file", str(bad)], capsys)
+    assert rc == 1 and "is binary" in line
+    assert (tmp_path / "calibration" / "calib.txt").read_text().startswith("A paragraph")  # the good file stayed
