@@ -375,25 +375,32 @@ def run_session(upstream: str, out: Path, api_key: str | None, source: str) -> i
     import os
 
     failures = 0
+    saved_env = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
     with Recorder(upstream, out, source=source) as rec:
-        env = {"OPENAI_BASE_URL": rec.root_url + "/v1"}
+        os.environ["OPENAI_BASE_URL"] = rec.root_url + "/v1"
         if api_key:
-            env["OPENAI_API_KEY"] = api_key
-        os.environ.update(env)
+            os.environ["OPENAI_API_KEY"] = api_key
         runs = list(SCENARIOS)
         if api_key:
             runs.append(("chat-bad-key", "clients.chat", ["--prompt", "hi", "--api-key", "wrong-key-on-purpose"], None))
-        for name, module, argv, stdin in runs:
-            out_buf = io.StringIO()
-            old_stdin = sys.stdin
-            sys.stdin = io.StringIO(stdin or "")
-            try:
-                with cl.redirect_stdout(out_buf):
-                    rc = importlib.import_module(module).main(argv)
-            finally:
-                sys.stdin = old_stdin
-            print(f"== {name}: {module} {' '.join(argv)} -> exit {rc}\n{out_buf.getvalue().rstrip()}")
-            failures += rc not in (0, 1)
+        try:
+            for name, module, argv, stdin in runs:
+                out_buf = io.StringIO()
+                old_stdin = sys.stdin
+                sys.stdin = io.StringIO(stdin or "")
+                try:
+                    with cl.redirect_stdout(out_buf):
+                        rc = importlib.import_module(module).main(argv)
+                finally:
+                    sys.stdin = old_stdin
+                print(f"== {name}: {module} {' '.join(argv)} -> exit {rc}\n{out_buf.getvalue().rstrip()}")
+                failures += rc not in (0, 1)
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         print(f"saved {len(rec.saved)} exchanges under {out}")
     return 1 if failures else 0
 
