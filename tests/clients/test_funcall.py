@@ -187,3 +187,17 @@ def test_server_error_during_the_loop(recorded, run):
         r = run(main, ["--tool-choice", "required", "--base-url", srv.base_url])
     assert r.code == 1
     assert "answered 400" in r.err and "requires a configured tool-call parser" in r.err
+
+
+def test_loop_messages_render_with_the_kits_internlm_template(recorded, run):
+    """What the loop sends back renders as InternLM's own turns (kit/chat_template.py, the served template)."""
+    from kit.chat_template import render
+
+    with ReplayServer(recorded, script=_happy(tool_template(recorded))) as srv:
+        assert run(main, ["--json", "--base-url", srv.base_url]).code == 0
+    last = [q["body"] for q in srv.requests if q["path"] == "/v1/chat/completions"][-1]
+    prompt = render(last["messages"], tools=[t["function"] for t in last["tools"]])
+    assert '<|im_start|>system name=<|plugin|>\n[{"name": "add"' in prompt
+    assert "<|im_start|>environment name=<|plugin|>\n8<|im_end|>" in prompt
+    assert "<|im_start|>environment name=<|plugin|>\n16<|im_end|>" in prompt
+    assert [(c["name"], c["arguments"]) for c in parse_action_text(prompt)] == [("add", {"a": 3, "b": 5}), ("mul", {"a": 8, "b": 2})]
