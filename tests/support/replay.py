@@ -26,6 +26,7 @@ import http.client
 import io
 import json
 import re
+import signal
 import sys
 import threading
 import time
@@ -405,6 +406,10 @@ def run_session(upstream: str, out: Path, api_key: str | None, source: str) -> i
     return 1 if failures else 0
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.support.replay", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -424,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--port", type=int, default=23333)
     v.add_argument("--api-key")
     args = p.parse_args(argv)
+    if args.cmd in ("record", "serve"):
+        signal.signal(signal.SIGTERM, _stop)  # `kill PID` ends as cleanly as Ctrl-C (background jobs ignore SIGINT)
     if args.cmd == "record":
         with Recorder(args.upstream, args.out, port=args.port, host=args.host, source=args.source) as rec:
             print(f"recording {args.upstream} through {rec.root_url} into {args.out}; Ctrl-C stops", file=sys.stderr)
