@@ -121,6 +121,10 @@ def build_app(conn: Connection, settings: Settings | None, title: str) -> gr.Blo
     return app
 
 
+def _env_port() -> str | None:
+    return os.environ.get("KIT_GRADIO_PORT") or os.environ.get("GRADIO_SERVER_PORT")
+
+
 def _in_container() -> bool:
     return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or "KUBERNETES_SERVICE_HOST" in os.environ
 
@@ -129,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m clients.webui",
         description=__doc__.split("\n\n")[0],
-        epilog=CONNECTION_ENV_HELP + "  KIT_GRADIO_PORT       page port (default: settings gradio.port)\n",
+        epilog=CONNECTION_ENV_HELP
+        + "  KIT_GRADIO_PORT       page port (also GRADIO_SERVER_PORT; default: settings gradio.port)\n"
+        + "  GRADIO_SERVER_NAME    listen address (default: 0.0.0.0 in a container, else 127.0.0.1)\n"
+        + "  KIT_MODEL_FORMAT, KIT_SERVING_QUANT_POLICY, KIT_SERVING_BACKEND  quantization shown on the page\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", help="listen address (default: 0.0.0.0 in a container, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="page port (default: $KIT_GRADIO_PORT or settings gradio.port)")
+    p.add_argument("--port", type=int, help="page port (default: $KIT_GRADIO_PORT, $GRADIO_SERVER_PORT or settings gradio.port)")
     p.add_argument("--title", help="page title (default: settings gradio.title)")
     add_connection_args(p)
     add_verbosity(p)
@@ -149,15 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings: Settings | None = load_kit_settings(args.profile)
         except ClientError as exc:
-            if args.port is None and not os.environ.get("KIT_GRADIO_PORT"):
+            if args.port is None and not _env_port():
                 raise
             log.warning("settings not loaded (%s); the page shows no quantization details", exc)
             settings = None
     except ClientError as exc:
         log.error("%s", exc)
         return exc.code
-    port = args.port or int(os.environ.get("KIT_GRADIO_PORT") or settings.gradio.port)  # type: ignore[union-attr]
-    host = args.host or ("0.0.0.0" if _in_container() else "127.0.0.1")  # noqa: S104 - a pod must listen on its IP
+    port = args.port or int(_env_port() or settings.gradio.port)  # type: ignore[union-attr]
+    default_host = "0.0.0.0" if _in_container() else "127.0.0.1"  # noqa: S104 - a pod must listen on its IP
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or default_host
     title = args.title or (settings.gradio.title if settings else "lmdeploy chat")
     app = build_app(conn, settings, title)
     log.warning("Gradio page on http://%s:%d talking to %s", host, port, conn.base_url)

@@ -193,13 +193,25 @@ def test_history_and_quant_summary(monkeypatch):
 
 
 @pytest.mark.slow
-def test_module_entrypoint_serves_the_page(recorded):
-    """`python -m clients.webui` (what `make gradio` and the container run) serves the page."""
+def test_module_entrypoint_runs_like_in_the_pod(recorded):
+    """`python -m clients.webui` as the Gradio Deployment runs it: env only (params.env, Secret), no settings file."""
     import sys
+
+    from gradio_client import Client
 
     port = _free_port()
     with ReplayServer(recorded) as srv:
-        env = {**os.environ, "OPENAI_BASE_URL": srv.base_url, "KIT_GRADIO_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": srv.base_url,
+            "KIT_SETTINGS": "/nonexistent/settings.yaml",
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(port),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "KIT_MODEL_FORMAT": "awq",
+            "KIT_SERVING_QUANT_POLICY": "4",
+            "KIT_SERVING_BACKEND": "pytorch",
+        }
         proc = subprocess.Popen(
             [sys.executable, "-m", "clients.webui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -213,8 +225,12 @@ def test_module_entrypoint_serves_the_page(recorded):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise AssertionError(f"page never came up:\n{proc.stdout.read() if proc.poll() is not None else ''}") from None
                     time.sleep(0.5)
+            status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/status")
         finally:
             proc.terminate()
             out, _ = proc.communicate(timeout=20)
     assert "lmdeploy chat" in html
-    assert f":{port} talking to {srv.base_url}" in out  # 0.0.0.0 inside a container (CI may be one), else 127.0.0.1
+    assert "AWQ W4A16 weights, int4 KV cache (quant_policy 4), pytorch backend" in status
+    assert recorded_model(recorded) in status
+    assert "settings not loaded" in out
+    assert f"Gradio page on http://127.0.0.1:{port} talking to {srv.base_url}" in out
