@@ -124,7 +124,9 @@ class Bench:
         self.results["settings_overrides"] = over
 
     def settings(self, profile: str, quant_policy: int | None = None) -> Settings:
-        serving: dict[str, Any] = {"cache_max_entry_count": CACHE_RATIO}
+        # The tiny quick model would get millions of KV blocks at 0.4, overflowing lmdeploy's
+        # fill_kv_cache Triton kernel (illegal memory access, seen on an H200); a small ratio avoids it.
+        serving: dict[str, Any] = {"cache_max_entry_count": 0.02 if self.quick else CACHE_RATIO}
         if quant_policy is not None:
             serving["quant_policy"] = quant_policy
         return load_settings(profile, path=self.settings_file, overrides={"serving": serving})
