@@ -235,6 +235,9 @@ def render_markdown(results: dict[str, Any], charts: list[str], chart_note: str 
             for k, v in ratios.items()
         ]
         lines += [_table(["ratio", "value", "target", "result", "basis"], rows), ""]
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["### Notes on these results", ""] + [f"- {n}" for n in notes] + [""]
 
     lines += _clients_section(results.get("clients") or {})
     if charts:
