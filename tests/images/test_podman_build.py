@@ -114,3 +114,10 @@ def podman_settings_version(podman: Podman, key: str) -> str:
     import yaml
 
     return str(yaml.safe_load(podman.settings.read_text())["defaults"]["versions"][key])
+
+
+def test_runtime_carries_the_gpu_reporter(podman, runtime_image):
+    """`make gpu` execs clients.gpu_report in the serving pod: it must be there and say plainly when no driver is."""
+    res = _in(podman, runtime_image, "-m", "clients.gpu_report", "--json", entrypoint="python", check=False)
+    assert res.returncode == 1, res.stderr
+    assert "NVIDIA" in res.stderr and "Traceback" not in res.stderr
