@@ -304,7 +304,7 @@ def test_conda_installer_with_a_wrong_checksum_fails_clearly(target: Path, tmp_p
     assert r.returncode != 0
     assert "could not install Miniforge from file:///tmp/miniforge.sh" in r.stdout, _tail(r)
     assert not (target / "opt/miniforge3").exists()
-    assert not (target / "var/cache/lmdeploy-kit/miniforge-installer.sh").exists()
+    assert not (target / "var/tmp/miniforge-installer.sh").exists()
 
 
 def test_conda_check_mode_renders_the_channel_config(target: Path, tmp_path: Path) -> None:
@@ -338,9 +338,15 @@ def test_k8s_gpu_node_check_mode_writes_the_containerd_runtime(target: Path, tmp
         "--tags",
         "k8s_gpu_node",
         check=True,
-        extra={"k8s_gpu_node_enabled": True, "k8s_gpu_node_repo_key_url": "/usr/share/keyrings/debian-archive-keyring.gpg"},
+        extra={
+            "k8s_gpu_node_enabled": True,
+            "k8s_gpu_node_restart_containerd": False,
+            "k8s_gpu_node_repo_key_url": "file:///usr/share/keyrings/debian-archive-keyring.gpg",
+        },
     )
     assert r.returncode == 0, _tail(r)
     assert 'default_runtime_name = "nvidia"' in r.stdout and 'BinaryName = "/usr/bin/nvidia-container-runtime"' in r.stdout, _tail(r)
+    assert "URIs: https://nvidia.github.io/libnvidia-container/stable/deb/amd64" in r.stdout, _tail(r)
     assert recap["changed"] > 0
     assert not (target / "etc/containerd").exists()
+    assert not (target / "etc/apt/sources.list.d/nvidia-container-toolkit.sources").exists()
