@@ -213,3 +213,13 @@ def stream_reply(
         for choice in chunk.choices:
             if choice.delta and choice.delta.content:
                 yield choice.delta.content
+
+
+def run_client(args: Any, fn: Any) -> int:
+    """Resolve the connection from args/env/settings, then run fn(args, conn) guarded."""
+    try:
+        conn = resolve_connection(args)
+    except ClientError as exc:
+        log.error("%s", exc)
+        return exc.code
+    return run_guarded(conn, fn, args, conn)

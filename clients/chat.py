@@ -19,8 +19,7 @@ from clients._common import (
     add_connection_args,
     as_client_error,
     connect,
-    resolve_connection,
-    run_guarded,
+    run_client,
 )
 from clients._common import stream_reply as _stream
 from kit import exitcodes
@@ -113,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         log.error("--max-tokens must be >= 1")
         return exitcodes.USAGE
-    try:
-        conn = resolve_connection(args)
-    except ClientError as exc:
-        log.error("%s", exc)
-        return exc.code
-    return run_guarded(conn, _run, args, conn)
+    return run_client(args, _run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clients._common import CONNECTION_ENV_HELP, ClientError, Connection, add_connection_args, connect, resolve_connection, run_guarded
+from clients._common import CONNECTION_ENV_HELP, Connection, add_connection_args, connect, run_client
 from kit import exitcodes
 from kit.logs import add_verbosity, setup_logging
 
@@ -236,12 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps < 1 or args.max_tokens < 1:
         log.error("--max-steps and --max-tokens must be >= 1")
         return exitcodes.USAGE
-    try:
-        conn = resolve_connection(args)
-    except ClientError as exc:
-        log.error("%s", exc)
-        return exc.code
-    return run_guarded(conn, _run, args, conn)
+    return run_client(args, _run)
 
 
 if __name__ == "__main__":
