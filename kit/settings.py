@@ -176,7 +176,7 @@ class VersionSettings(_Section):
     python: str = Field("3.11", description="Python of the conda env / venv and images.")
     torch: str = Field("2.8.0", description="torch pin.")
     lmdeploy: str = Field("0.18.0", description="lmdeploy pin.")
-    transformers: str = Field("4.57.1", description="transformers pin (InternLM2 remote code needs <5).")
+    transformers: str = Field("4.57.6", description="transformers pin (InternLM2 remote code needs <5).")
     cuda: str = Field("12.8", description="CUDA the torch wheel is built for (cu128 index).")
 
     @field_validator("python", "torch", "lmdeploy", "transformers", "cuda")
