@@ -8,6 +8,7 @@ settings gradio.port; on 0.0.0.0 inside a container or pod, on 127.0.0.1 elsewhe
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import os
 import sys
@@ -69,6 +70,8 @@ def to_messages(message: Any, history: list[Any], system: str) -> list[dict[str,
         if isinstance(item, dict) and item.get("role") in ("user", "assistant"):
             text = _text(item.get("content"))
             if text and not text.startswith("⚠️"):  # earlier error notes are not conversation
+                if item["role"] == "assistant":
+                    text = html.unescape(text)  # shown escaped (see respond), sent back verbatim
                 msgs.append({"role": item["role"], "content": text})
     msgs.append({"role": "user", "content": _text(message)})
     return msgs
@@ -94,14 +97,16 @@ def build_app(conn: Connection, settings: Settings | None, title: str) -> gr.Blo
             model = discover_model(client, conn)
             for piece in stream_reply(client, model, to_messages(message, history, system), temperature, int(max_tokens)):
                 text += piece
-                yield text
+                # Escaped for display: the chat view renders HTML, which would swallow tag-like
+                # model output such as `<|action_start|>` or a random model's `<filler_1>`.
+                yield html.escape(text, quote=False)
         except Exception as exc:
             err = as_client_error(exc, conn)
             if not isinstance(err, ClientError):
                 log.exception("unexpected error while streaming")
                 err = f"unexpected error: {type(exc).__name__}: {exc}"
             log.error("%s", err)
-            yield (text + "\n\n" if text else "") + f"⚠️ **Server error:** {err}"
+            yield (html.escape(text, quote=False) + "\n\n" if text else "") + f"⚠️ **Server error:** {err}"
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"# {title}")

@@ -8,6 +8,7 @@ artifacts directory. The Gradio HTTP API (gradio_client) checks the same wiring 
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import json
 import os
@@ -165,7 +166,9 @@ def test_http_api_streams_the_recorded_reply_and_shows_errors(recorded):
     expected = streamed_text(find_chat(recorded, stream=True, last=PROMPT))
     with ReplayServer(recorded) as srv, page_for(srv) as url:
         reply = Client(url, verbose=False).predict(PROMPT, "", 0.0, 32, api_name="/chat")
-    assert reply == expected
+    # The chat view gets HTML-escaped text (tag-like tokens stay visible); unescaped it is the stream verbatim.
+    assert html.unescape(reply) == expected
+    assert ("<" not in reply) or ("<" not in expected)
     with ReplayServer(recorded, api_key="right-key") as srv, page_for(srv, api_key="wrong-key-xyz") as url:
         client = Client(url, verbose=False)
         err = client.predict(PROMPT, "", 0.0, 32, api_name="/chat")
@@ -234,3 +237,13 @@ def test_module_entrypoint_runs_like_in_the_pod(recorded):
     assert recorded_model(recorded) in status
     assert "settings not loaded" in out
     assert f"Gradio page on http://127.0.0.1:{port} talking to {srv.base_url}" in out
+
+
+def test_history_goes_back_to_the_model_verbatim():
+    """Replies are shown HTML-escaped; the next request must carry the model's own text, not entities."""
+    from clients.webui import to_messages
+
+    history = [{"role": "user", "content": "a <b>"}, {"role": "assistant", "content": "&lt;|action_start|&gt; 3 &lt; 5"}]
+    msgs = to_messages("next", history, "")
+    assert msgs[1] == {"role": "assistant", "content": "<|action_start|> 3 < 5"}
+    assert msgs[0]["content"] == "a <b>" and msgs[-1] == {"role": "user", "content": "next"}
