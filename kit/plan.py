@@ -253,7 +253,9 @@ def gpu_from_nvml(index: int = 0) -> Gpu:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
-        raise PlanError(f"no NVIDIA GPU readable here ({exc}); pass --gpu NAME or --gpu-memory-gib N") from None
+        raise PlanError(
+            f"no NVIDIA GPU readable here ({exc}); pass --gpu NAME or --gpu-memory-gib N, or set kubernetes.gpu_model"
+        ) from None
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         name = pynvml.nvmlDeviceGetName(handle)
@@ -835,9 +837,10 @@ def _env_float(name: str) -> float | None:
         raise PlanError(f"{name}={raw!r} is not a number") from None
 
 
-def _resolve_gpu(args: argparse.Namespace) -> Gpu:
+def _resolve_gpu(args: argparse.Namespace, settings_gpu: str = "") -> Gpu:
+    """Flag, then env, then settings `kubernetes.gpu_model` (the serving nodes), else the GPU on this host."""
     mem = args.gpu_memory_gib if args.gpu_memory_gib is not None else _env_float("KIT_PLAN_GPU_MEMORY_GIB")
-    name = args.gpu or os.environ.get("KIT_PLAN_GPU")
+    name = args.gpu or os.environ.get("KIT_PLAN_GPU") or (settings_gpu if mem is None else "")
     if mem is not None:
         if mem <= 0:
             raise PlanError("--gpu-memory-gib must be positive")
@@ -944,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = dataclasses.replace(inputs, **{k: v for k, v in changes.items() if v is not None})
         if args.target_sessions and not args.context:
             parser.error("--target-sessions needs --context (tokens per session)")
-        gpu = _resolve_gpu(args)
+        gpu = _resolve_gpu(args, s.kubernetes.gpu_model)
         result = plan(shape, gpu, inputs, s.profile, args.target_sessions)
     except (SettingsError, PlanError) as exc:
         print(f"plan: {exc}", file=sys.stderr)

@@ -144,3 +144,10 @@ def test_plan_for_settings_is_what_the_report_embeds() -> None:
     assert data["profile"] == "seed" and data["settings"]["context"] == 4096
     assert r.policy(4).configured and r.recommendation is not None
     assert json.loads(json.dumps(data)) == data  # plain JSON types only
+
+
+def test_settings_gpu_model_is_used_when_no_flag(capsys) -> None:
+    """`make plan` with no GPU flag plans for the serving nodes named in settings (kubernetes.gpu_model)."""
+    assert main(["--profile", "seed", "--set", "kubernetes.gpu_model=h100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "H100" in json.dumps(out["gpu"])
