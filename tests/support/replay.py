@@ -33,8 +33,11 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IGNORED_FIELDS = frozenset(
     {"model", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed", "stream_options", "user"}
@@ -78,7 +81,32 @@ def chat_exchanges(exchanges: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in exchanges if e["request"]["path"] == "/v1/chat/completions" and e["response"]["status"] == 200]
 
 
-class ReplayServer:
+class _LocalServer:
+    """A threaded HTTP server in the background; `with` starts and stops it."""
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def _listen(self, host: str, port: int) -> None:
+        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def root_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class ReplayServer(_LocalServer):
     """Threaded HTTP server on 127.0.0.1 answering from exchanges.
 
     POSTs match by request_key (recorded sessions); with `script`, POSTs get the script's answers in
@@ -106,26 +134,11 @@ class ReplayServer:
         self._sequence = script
         self._seq_pos = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def root_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        self._listen(host, port)
 
     @property
     def base_url(self) -> str:
         return self.root_url + "/v1"
-
-    def __enter__(self) -> ReplayServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def _find(self, method: str, path: str, body: Any, authorized: bool) -> dict[str, Any] | None:
         by_status = [e for e in self.exchanges if e["request"]["path"] == path and e["request"]["method"] == method]
@@ -263,7 +276,7 @@ def scripted(template: dict[str, Any], *, calls: list[tuple[str, Any]] | None = 
 # ---------------------------------------------------------------------------------------------- record
 
 
-class Recorder:
+class Recorder(_LocalServer):
     """Proxy to a real api_server that saves each exchange (streams forwarded as they arrive)."""
 
     def __init__(self, upstream: str, out: Path, *, port: int = 0, host: str = "127.0.0.1", source: str = "") -> None:
@@ -277,22 +290,7 @@ class Recorder:
         self.saved: list[Path] = []
         self._seen: set[str] = set()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def root_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Recorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._listen(host, port)
 
     def save(self, request: dict[str, Any], response: dict[str, Any]) -> None:
         # GETs (health polls, /v1/models) and repeated requests are kept once per status.
