@@ -237,3 +237,47 @@ def test_clients_step_runs_the_real_clients_through_the_recording_proxy(fake, tm
     assert out["funcall"]["json"]["tool_choice"] == "required" and out["funcall"]["json"]["verdict"] == "no_tool_call"
     assert any(f.endswith("POST-v1-chat-completions.json") for f in out["recorded_files"])
     assert (tmp_path / "logs" / "client-chat.log").read_text().startswith("$ ")
+
+
+def _replay_process(paths: list[Path], port: int, api_key: str):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.replay", "serve", *map(str, paths), "--port", str(port), "--api-key", api_key],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "replaying on" in proc.stderr.readline()
+    return proc
+
+
+@pytest.mark.slow
+def test_webui_live_check_passes_on_the_h100_recording_and_fails_when_the_chat_breaks(tmp_path: Path) -> None:
+    """tests/gpu/webui_live.py against the exchanges it recorded from the H100 api_server (tests/fixtures/webui_live)."""
+    pytest.importorskip("gradio_client")
+    from tests.gpu import webui_live
+
+    recorded = Path(__file__).resolve().parents[1] / "fixtures" / "webui_live"
+    port = webui_live._free_port()
+    proc = _replay_process([recorded], port, "live-key")
+    try:
+        rc = webui_live.run(f"http://127.0.0.1:{port}", "live-key", tmp_path / "ok", server_pid=proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    verdict = json.loads((tmp_path / "ok" / "webui-live.json").read_text())
+    assert rc == 0 and verdict["pass"], [c for c in verdict["checks"] if not c["pass"]]
+    assert len(verdict["checks"]) == 10 and verdict["reply"].startswith("&lt;filler_")
+
+    # The same check against recordings with no answer for its prompt: the chat checks fail, rc 1.
+    session = Path(__file__).resolve().parents[1] / "fixtures" / "recorded" / "session"
+    port = webui_live._free_port()
+    proc = _replay_process([session], port, "live-key")
+    try:
+        rc = webui_live.run(f"http://127.0.0.1:{port}", "live-key", tmp_path / "bad", server_pid=None)
+    finally:
+        proc.kill()
+        proc.wait()
+    failed = {c["check"] for c in json.loads((tmp_path / "bad" / "webui-live.json").read_text())["checks"] if not c["pass"]}
+    assert rc == 1 and "chat streams from the server" in failed and "page served" not in failed
