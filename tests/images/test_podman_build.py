@@ -1,19 +1,25 @@
 """Real image builds with podman from locally made bases (no registry), then the images' entry points.
 
 client: the Dockerfile as shipped, offline (`--network none`); each client's `--help` runs inside
-it and the function-call check runs against a replay server of recorded lmdeploy replies.
+it, the function-call check runs against a replay server of recorded lmdeploy replies, and the
+Gradio page runs as the Deployment runs it (read-only root, its env, the overlay's params.env).
 runtime: the same Dockerfile with VARIANT=cpu (lmdeploy --no-deps + CPU torch): its Python
 install branch, venv, user and entrypoint wiring; only the CUDA wheels cannot be exercised here.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import socket
+import time
+import urllib.request
 
 import pytest
+import yaml
 
-from tests.images.conftest import CPU_TORCH, PYBASE, TEST_REGISTRY, WHEELBASE, Podman, require_entry
-from tests.support.replay import RECORDED_DIR, SCENARIOS, ReplayServer, load_exchanges
+from tests.images.conftest import CPU_TORCH, PYBASE, REPO, TEST_REGISTRY, WHEELBASE, Podman, require_entry
+from tests.support.replay import RECORDED_DIR, SCENARIOS, ReplayServer, find_chat, load_exchanges, streamed_text
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +127,54 @@ def test_runtime_carries_the_gpu_reporter(podman, runtime_image):
     res = _in(podman, runtime_image, "-m", "clients.gpu_report", "--json", entrypoint="python", check=False)
     assert res.returncode == 1, res.stderr
     assert "NVIDIA" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_gradio_page_runs_in_the_image_as_the_pod_runs_it(podman, client_image):
+    """The Gradio Deployment's container: its env and securityContext from k8s/base, the default overlay's
+    params.env, a read-only root with /tmp as the only writable place; the page talks to recorded replies."""
+    require_entry("clients/webui.py")
+    from gradio_client import Client
+
+    pod = yaml.safe_load((REPO / "k8s" / "base" / "gradio-deployment.yaml").read_text())["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    sc = ctr["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    assert [m["mountPath"] for m in ctr["volumeMounts"]] == ["/tmp"]
+    params_env = REPO / "k8s" / "overlays" / "default" / "params.env"
+    params = dict(line.split("=", 1) for line in params_env.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {e["name"]: e["value"] for e in ctr["env"] if "value" in e}
+    # host network in the test: a free port (params.env's KIT_GRADIO_PORT comes first in the app)
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), KIT_GRADIO_PORT=str(port))
+    recorded = load_exchanges(RECORDED_DIR)
+    prompt = dict((name, argv) for name, _, argv, _ in SCENARIOS)["chat-oneshot"][1]
+    with ReplayServer(recorded, api_key="pod-secret-key") as srv:
+        env.update(OPENAI_BASE_URL=srv.base_url, OPENAI_API_KEY="pod-secret-key")  # the Service URL and the Secret
+        run = ["run", "-d", "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,size=1g", "--cap-drop", "ALL"]
+        run += ["--security-opt", "no-new-privileges", "--env-file", str(params_env)]
+        run += [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
+        cid = podman.run(*run, client_image).stdout.strip()
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                    break
+                except OSError:
+                    state = podman.run("inspect", "-f", "{{.State.Running}}", cid, check=False).stdout.strip()
+                    if state != "true" or time.monotonic() > deadline:
+                        pytest.fail(f"page never came up (running={state}):\n{podman.run('logs', cid, check=False).stderr[-3000:]}")
+                    time.sleep(0.5)
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            status = client.predict(api_name="/status")
+            reply = client.predict(prompt, "", 0.0, 32, api_name="/chat")
+        finally:
+            logs = podman.run("logs", cid, check=False)
+            podman.run("rm", "-f", cid, check=False)
+    assert params["KIT_GRADIO_TITLE"] in page
+    assert f"(quant_policy {params['KIT_SERVING_QUANT_POLICY']}), {params['KIT_SERVING_BACKEND']} backend" in status
+    assert html.unescape(reply) == streamed_text(find_chat(recorded, stream=True, last=prompt))
+    assert "pod-secret-key" not in logs.stdout + logs.stderr
+    assert f"Gradio page on http://127.0.0.1:{port}" in logs.stdout + logs.stderr
