@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from clients.chat import main
+from tests.support.net import free_port
 from tests.support.replay import SCENARIOS, ReplayServer, find_chat, scripted, streamed_text, tool_template
 
 ONESHOT = dict((name, argv) for name, _, argv, _ in SCENARIOS)["chat-oneshot"]
@@ -47,14 +47,8 @@ def test_system_prompt_goes_first(recorded, run):
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_is_one_line_with_the_url(run):
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     r = run(main, ["--prompt", "hi", "--base-url", url, "--retries", "0"])
     assert r.code == 1
     assert f"cannot reach the server at {url}" in r.err

@@ -12,7 +12,6 @@ import html
 import itertools
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from clients._common import Connection
 from clients.webui import build_app, quant_summary, to_messages
 from kit.settings import load_settings
 from tests.conftest import require_tool
+from tests.support.net import free_port, wait_for_page
 from tests.support.replay import SCENARIOS, ReplayServer, find_chat, streamed_text
 
 PROMPT = dict((name, argv) for name, _, argv, _ in SCENARIOS)["chat-oneshot"][1]
@@ -47,17 +47,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def page_for(server: ReplayServer, api_key: str | None = None) -> Iterator[str]:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     app = build_app(Connection(server.base_url, api_key, timeout=20, retries=0), load_settings(), "lmdeploy chat")
-    port = _free_port()
+    port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
@@ -202,7 +196,7 @@ def test_module_entrypoint_runs_like_in_the_pod(recorded):
 
     from gradio_client import Client
 
-    port = _free_port()
+    port = free_port()
     with ReplayServer(recorded) as srv:
         env = {
             **os.environ,
@@ -219,15 +213,9 @@ def test_module_entrypoint_runs_like_in_the_pod(recorded):
             [sys.executable, "-m", "clients.webui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"page never came up:\n{proc.stdout.read() if proc.poll() is not None else ''}") from None
-                    time.sleep(0.5)
+            html = wait_for_page(f"http://127.0.0.1:{port}/", lambda: proc.poll() is None, 90)
+            if html is None:
+                raise AssertionError(f"page never came up:\n{proc.stdout.read() if proc.poll() is not None else ''}")
             status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/status")
         finally:
             proc.terminate()

@@ -16,6 +16,7 @@ from tests.gpu import bench, loadgen
 from tests.gpu.clients_run import StdlibRecordingProxy
 from tests.gpu.fake_server import FakeServer
 from tests.gpu.server import kv_capacity, parse_cache_configs, python_argv
+from tests.support.net import free_port
 
 # As lmdeploy 0.18's PyTorch engine logs it at INFO (pytorch/engine/executor/base.py).
 ENGINE_LOG = (
@@ -259,7 +260,7 @@ def test_webui_live_check_passes_on_the_h100_recording_and_fails_when_the_chat_b
     from tests.gpu import webui_live
 
     recorded = Path(__file__).resolve().parents[1] / "fixtures" / "webui_live"
-    port = webui_live._free_port()
+    port = free_port()
     proc = _replay_process([recorded], port, "live-key")
     try:
         rc = webui_live.run(f"http://127.0.0.1:{port}", "live-key", tmp_path / "ok", server_pid=proc.pid)
@@ -272,7 +273,7 @@ def test_webui_live_check_passes_on_the_h100_recording_and_fails_when_the_chat_b
 
     # The same check against recordings with no answer for its prompt: the chat checks fail, rc 1.
     session = Path(__file__).resolve().parents[1] / "fixtures" / "recorded" / "session"
-    port = webui_live._free_port()
+    port = free_port()
     proc = _replay_process([session], port, "live-key")
     try:
         rc = webui_live.run(f"http://127.0.0.1:{port}", "live-key", tmp_path / "bad", server_pid=None)

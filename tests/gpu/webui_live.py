@@ -19,7 +19,6 @@ import html
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,22 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from kit.settings import load_settings
+from tests.support.net import free_port, wait_for_page
 from tests.support.replay import Recorder, chat_exchanges, load_exchanges, streamed_text
 
 PROMPT = "Say hello in five words."
 MAX_TOKENS = 48
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def page(base_url: str, api_key: str, log_path: Path, extra_env: dict[str, str]) -> Iterator[str]:
     """`python -m clients.webui` on a free port, as `make gradio` starts it; yields the page URL."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **extra_env, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, "GRADIO_ANALYTICS_ENABLED": "False"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -56,15 +50,8 @@ def page(base_url: str, api_key: str, log_path: Path, extra_env: dict[str, str])
         )
         url = f"http://127.0.0.1:{port}/"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(url, timeout=5).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"page never came up; see {log_path}") from None
-                    time.sleep(0.5)
+            if wait_for_page(url, lambda: proc.poll() is None, 120) is None:
+                raise RuntimeError(f"page never came up; see {log_path}")
             yield url
         finally:
             with contextlib.suppress(ProcessLookupError):

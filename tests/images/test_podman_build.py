@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import html
 import json
-import socket
-import time
-import urllib.request
 
 import pytest
 import yaml
 
 from tests.images.conftest import CPU_TORCH, PYBASE, REPO, TEST_REGISTRY, WHEELBASE, Podman, require_entry
+from tests.support.net import free_port, wait_for_page
 from tests.support.replay import RECORDED_DIR, SCENARIOS, ReplayServer, find_chat, load_exchanges, streamed_text
 
 pytestmark = pytest.mark.slow
@@ -142,9 +140,7 @@ def test_gradio_page_runs_in_the_image_as_the_pod_runs_it(podman, client_image):
     assert [m["mountPath"] for m in ctr["volumeMounts"]] == ["/tmp"]
     params_env = REPO / "k8s" / "overlays" / "default" / "params.env"
     params = dict(line.split("=", 1) for line in params_env.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {e["name"]: e["value"] for e in ctr["env"] if "value" in e}
     # host network in the test: a free port (params.env's KIT_GRADIO_PORT comes first in the app)
     env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), KIT_GRADIO_PORT=str(port))
@@ -157,16 +153,13 @@ def test_gradio_page_runs_in_the_image_as_the_pod_runs_it(podman, client_image):
         run += [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
         cid = podman.run(*run, client_image).stdout.strip()
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-                    break
-                except OSError:
-                    state = podman.run("inspect", "-f", "{{.State.Running}}", cid, check=False).stdout.strip()
-                    if state != "true" or time.monotonic() > deadline:
-                        pytest.fail(f"page never came up (running={state}):\n{podman.run('logs', cid, check=False).stderr[-3000:]}")
-                    time.sleep(0.5)
+
+            def running() -> bool:
+                return podman.run("inspect", "-f", "{{.State.Running}}", cid, check=False).stdout.strip() == "true"
+
+            page = wait_for_page(f"http://127.0.0.1:{port}/", running, 90)
+            if page is None:
+                pytest.fail(f"page never came up (running={running()}):\n{podman.run('logs', cid, check=False).stderr[-3000:]}")
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             status = client.predict(api_name="/status")
             reply = client.predict(prompt, "", 0.0, 32, api_name="/chat")
