@@ -13,10 +13,10 @@ import pytest
 
 from kit.render import serve_args
 from tests.gpu import bench, loadgen
-from tests.gpu.clients_run import StdlibRecordingProxy
 from tests.gpu.fake_server import FakeServer
 from tests.gpu.server import kv_capacity, parse_cache_configs, python_argv
 from tests.support.net import free_port
+from tests.support.replay import Recorder
 
 # As lmdeploy 0.18's PyTorch engine logs it at INFO (pytorch/engine/executor/base.py).
 ENGINE_LOG = (
@@ -187,20 +187,16 @@ def test_summary_percentiles_and_steady_window() -> None:
 
 def test_recording_proxy_saves_real_exchanges_and_passes_streams_through(fake, tmp_path: Path) -> None:
     _, url = fake
-    proxy = StdlibRecordingProxy(url, tmp_path / "rec")
-    proxy.start()
-    try:
-        r = asyncio.run(loadgen.stream_chat(proxy.url + "/v1", "fake-model", "hello", 5))
-        with urllib.request.urlopen(proxy.url + "/v1/models", timeout=10) as resp:
+    with Recorder(url, tmp_path / "rec") as proxy:
+        r = asyncio.run(loadgen.stream_chat(proxy.root_url + "/v1", "fake-model", "hello", 5))
+        with urllib.request.urlopen(proxy.root_url + "/v1/models", timeout=10) as resp:
             assert json.loads(resp.read())["data"][0]["id"] == "fake-model"
-    finally:
-        proxy.stop()
     assert r.ok and r.completion_tokens == 5
     files = sorted((tmp_path / "rec").glob("*.json"))
-    assert [f.name.split("-", 1)[1] for f in files] == ["POST-v1-chat-completions.json", "GET-v1-models.json"]
+    assert [f.name.split("-", 1)[1] for f in files] == ["post-v1-chat-completions-200.json", "get-v1-models-200.json"]
     chat = json.loads(files[0].read_text())
-    assert chat["request"]["json"]["messages"][0]["content"] == "hello"
-    assert chat["response"]["status"] == 200 and chat["response"]["body"].count("data: ") == 7
+    assert chat["request"]["body"]["messages"][0]["content"] == "hello"
+    assert chat["response"]["status"] == 200 and len(chat["response"]["events"]) == 7
 
 
 @pytest.mark.slow
@@ -236,7 +232,7 @@ def test_clients_step_runs_the_real_clients_through_the_recording_proxy(fake, tm
     out = run_clients(url, tmp_path / "rec", tmp_path / "logs", dict(os.environ), "fake-model")
     assert out["chat"]["rc"] == 0
     assert out["funcall"]["json"]["tool_choice"] == "required" and out["funcall"]["json"]["verdict"] == "no_tool_call"
-    assert any(f.endswith("POST-v1-chat-completions.json") for f in out["recorded_files"])
+    assert any(f.endswith("-post-v1-chat-completions-200.json") for f in out["recorded_files"])
     assert (tmp_path / "logs" / "client-chat.log").read_text().startswith("$ ")
 
 
