@@ -8,10 +8,12 @@ artifacts directory. The Gradio HTTP API (gradio_client) checks the same wiring 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import itertools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -67,6 +69,7 @@ class Browser:
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helper processes share the group; close() ends them all
         )
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -103,9 +106,20 @@ class Browser:
             time.sleep(0.25)
 
     def close(self) -> None:
+        """End Chromium and its helpers: one left behind still writes to the profile being removed."""
         self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        finally:
+            deadline = time.monotonic() + 10
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+                while time.monotonic() < deadline:
+                    os.killpg(pgid, 0)  # ProcessLookupError once the whole group is gone
+                    time.sleep(0.1)
 
 
 @pytest.mark.slow
