@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kit.render import API_KEY_ENV, flat_params, serve_args
+from kit.render import API_KEY_ENV, GENERATED_HEADER, flat_params, serve_args
 from kit.settings import Settings
 
 # systemd expands `${VAR}` from the unit's EnvironmentFile as exactly one argument.
@@ -67,10 +67,8 @@ def profile_vars(s: Settings) -> dict[str, object]:
 
 
 def generated_files(profiles: dict[str, Settings]) -> dict[Path, str]:
-    from kit.outputs import HEADER
-
     return {
-        Path("ansible/vars/profiles") / f"{name}.yml": f"---\n# {HEADER}\n"
+        Path("ansible/vars/profiles") / f"{name}.yml": f"---\n# {GENERATED_HEADER}\n"
         + yaml.dump(profile_vars(s), Dumper=_IndentedDumper, sort_keys=True)
         for name, s in profiles.items()
     }

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from kit.render import API_KEY_ENV, flat_params, image_ref, serve_args
+from kit.render import GENERATED_HEADER as HEADER
 from kit.settings import Settings
 
 OVERLAY_PROFILES = ("default", "seed", "fc", "multi-gpu")
@@ -220,8 +221,6 @@ def patches(s: Settings) -> list[dict[str, Any]]:
 
 def resolved_settings(s: Settings) -> str:
     """A self-contained settings file: the profile's values as `defaults`, plus an empty entry for the profile."""
-    from kit.outputs import HEADER
-
     values = s.model_dump(mode="json", exclude={"profile"})
     data: dict[str, Any] = {"defaults": values, "profiles": {s.profile: {}} if s.profile != "default" else {}}
     return f"# {HEADER}\n# Resolved profile {s.profile!r}, mounted at {SETTINGS_FILE} in the pods.\n" + _dump(data)
@@ -256,15 +255,11 @@ def kustomization(s: Settings) -> dict[str, Any]:
 
 
 def params_env(s: Settings) -> str:
-    from kit.outputs import HEADER
-
     lines = [f"# {HEADER}"] + [f"{k}={v}" for k, v in sorted(flat_params(s).items())]
     return "\n".join(lines) + "\n"
 
 
 def overlay_files(s: Settings) -> dict[str, str]:
-    from kit.outputs import HEADER
-
     head = f"# {HEADER}\n"
     return {
         "params.env": params_env(s),
