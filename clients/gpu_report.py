@@ -15,6 +15,7 @@ from typing import Any
 
 from kit import exitcodes
 from kit.logs import add_verbosity, setup_logging
+from kit.table import text_table
 
 log = logging.getLogger("clients.gpu_report")
 MIB = 1024 * 1024
@@ -101,20 +102,19 @@ def _cell(value: Any, suffix: str = "") -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"driver {_cell(report.get('driver_version'))}, CUDA {_cell(report.get('cuda_driver_version'))}"]
-    header = f"{'GPU':<4}{'name':<28}{'memory used / total':>22}{'util':>7}{'temp':>7}{'power':>9}"
-    lines += [header, "-" * len(header)]
+    """Driver line, then one row per GPU and one indented row per process on it."""
+    rows: list[list[str]] = []
     for g in report["gpus"]:
         mem = f"{g['memory_used_mib']:,} / {g['memory_total_mib']:,} MiB"
-        lines.append(
-            f"{g['index']:<4}{str(g['name'])[:27]:<28}{mem:>22}{_cell(g['utilization_gpu_pct'], '%'):>7}"
-            f"{_cell(g['temperature_c'], 'C'):>7}{_cell(g['power_w'], 'W'):>9}"
-        )
+        util, temp, power = _cell(g["utilization_gpu_pct"], "%"), _cell(g["temperature_c"], "C"), _cell(g["power_w"], "W")
+        rows.append([str(g["index"]), str(g["name"])[:28], mem, util, temp, power])
         for p in g["processes"]:
-            lines.append(f"      pid {p['pid']:<8} {p['name'][:40]:<40} {_cell(p['used_mib'], ' MiB')}")
-    if not report["gpus"]:
-        lines.append("(no GPUs)")
-    return "\n".join(lines)
+            used = "-" if p["used_mib"] is None else f"{p['used_mib']:,} MiB"
+            rows.append(["", f"  pid {p['pid']} {p['name']}"[:28], used, "", "", ""])
+    head = f"driver {_cell(report.get('driver_version'))}, CUDA {_cell(report.get('cuda_driver_version'))}"
+    if not rows:
+        return head + "\n(no GPUs)"
+    return head + "\n" + text_table(["GPU", "name", "memory used / total", "util", "temp", "power"], rows, align="llrrrr", rule=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

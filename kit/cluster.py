@@ -34,6 +34,7 @@ from kit import exitcodes
 from kit.k8s_params import FETCH, GRADIO, OVERLAYS_DIR, PVC, QUANTIZE, SERVE
 from kit.logs import add_verbosity, setup_logging
 from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from kit.table import text_table
 
 log = logging.getLogger("kit.cluster")
 
@@ -361,9 +362,7 @@ def gpu_table(reports: dict[str, Any]) -> str:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
-    cells = [cols] + [[str(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return text_table(cols, [[r.get(c, "") for c in cols] for r in rows])
 
 
 def cmd_gpu(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
