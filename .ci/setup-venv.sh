@@ -3,10 +3,19 @@
 set -euo pipefail
 venv=${1:-.venv}
 cd "$(dirname "$0")/.."
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if [ ! -x "$venv/bin/python" ]; then
+  # Debian's python3 lacks venv/ensurepip until python3-venv is installed (`make deps` does).
+  python3 -m venv "$venv" >/dev/null 2>&1 || {
+    rm -rf "$venv"
+    echo "setup-venv: cannot create $venv: python3 with venv is missing; run \`make deps\` (or apt-get install python3-venv)" >&2
+    exit 1
+  }
+fi
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-# torch first: the CPU build (a plain spec elsewhere pulls a multi-GB CUDA build).
-"${pip[@]}" -r requirements/torch-cpu.txt
+# torch first: the CPU build from PyTorch's CPU index where it answers; elsewhere the configured
+# indexes' build (PyPI's Linux torch is the multi-GB CUDA build; it runs on a CPU too).
+cpu_index=$(bash .ci/torch-cpu-index.sh)
+"${pip[@]}" ${cpu_index:+--extra-index-url "$cpu_index"} -r requirements/torch-cpu.txt
 for f in requirements/*.txt; do
   case "$f" in */torch-cpu.txt|*/nodeps.txt) continue ;; esac
   "${pip[@]}" -r "$f"

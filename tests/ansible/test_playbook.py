@@ -3,8 +3,10 @@
 One pristine rootfs (debootstrap, cached under build/ per day outside CI) is copied per module;
 the roles run into the copy twice (second run changed=0), then `--check` (changed=0), then the
 environment's python imports torch and lmdeploy inside the target. Bad variables fail first,
-before anything on the target changes. The CPU torch wheel and the minimal lmdeploy set come
-from an offline wheelhouse (build/ansible-wheelhouse, filled with `pip download` on this host).
+before anything on the target changes. torch and the minimal lmdeploy set come from an offline
+wheelhouse (build/ansible-wheelhouse-*, filled with `pip download` on this host): the same torch
+build the kit's .venv was installed from (+cpu where PyTorch's CPU index or a local cache served
+it, PyPI's CUDA build elsewhere; both import on a CPU).
 """
 
 from __future__ import annotations
@@ -33,7 +35,27 @@ MIRROR = os.environ.get("KIT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 BUILD = REPO / "build"
 VENV_BIN = REPO / ".venv/bin"
 PROFILE_VARS = REPO / "ansible/vars/profiles/default.yml"
-TORCH_PIN = "torch==2.13.0"  # the CPU build lying in this machine's pip find-links folder
+TORCH_REQUIREMENTS = REPO / "requirements/torch-cpu.txt"
+
+
+def _torch_pin() -> str:
+    """The tests' torch pin, as .ci/setup-venv.sh installs it."""
+    m = re.search(r"^torch==(\S+)", TORCH_REQUIREMENTS.read_text(), re.M)
+    assert m, f"{TORCH_REQUIREMENTS} pins no torch"
+    return m.group(1)
+
+
+def _venv_torch() -> str:
+    """The torch build in the kit's .venv, e.g. 2.13.0+cpu or 2.13.0 (PyPI's CUDA build)."""
+    code = "import importlib.metadata as m; print(m.version('torch'))"
+    r = subprocess.run([str(VENV_BIN / "python"), "-c", code], text=True, capture_output=True, check=True)
+    return r.stdout.strip()
+
+
+def _torch_cpu_index() -> str:
+    """PyTorch's CPU index when it answers (same probe as .ci/setup-venv.sh), else ''."""
+    r = subprocess.run(["bash", str(REPO / ".ci/torch-cpu-index.sh")], text=True, capture_output=True, check=True)
+    return r.stdout.strip()
 
 
 def _role_defaults(role: str) -> dict:
@@ -44,7 +66,7 @@ def _wheel_pins() -> list[str]:
     d = _role_defaults("python_env")
     v = load_settings("default").versions
     return [
-        TORCH_PIN,
+        f"torch=={_venv_torch()}",
         f"transformers=={v.transformers}",
         f"openai=={d['python_env_openai_version']}",
         *d["python_env_minimal_packages"],
@@ -62,19 +84,24 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
-    """Wheels for the offline install, downloaded once per pin set (pip's cache makes reruns cheap)."""
+    """Wheels for the offline install, downloaded once per pin set (pip's cache makes reruns cheap).
+
+    torch is pinned to the exact build in .venv, so pip's cache already holds it; a CUDA build
+    brings its nvidia-* wheels along (torch's Linux dependencies), which the role installs offline.
+    """
     pins = _wheel_pins() + _nodeps_pins()
-    key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]
+    cpu_index = _torch_cpu_index()
+    key = hashlib.sha256("\n".join([*pins, cpu_index]).encode()).hexdigest()[:12]
     path = BUILD / f"ansible-wheelhouse-{key}"
     if (path / ".complete").exists():
         return path
     tmp = path.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pip = [str(VENV_BIN / "python"), "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(tmp)]
+    pip += ["--extra-index-url", cpu_index] if cpu_index else []
     for cmd in (pip + _wheel_pins(), pip + ["--no-deps"] + _nodeps_pins()):
         r = _run(cmd)
         assert r.returncode == 0, f"pip download failed: {r.stderr[-2000:]}"
-    assert any(p.name.startswith("torch-") and "+cpu" in p.name for p in tmp.iterdir()), "no CPU torch wheel in the wheelhouse"
     (tmp / ".complete").touch()
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -132,7 +159,7 @@ def target(pristine_rootfs: Path, wheelhouse: Path, tmp_path_factory: pytest.Tem
 TEST_VARS = {
     "python_env_wheelhouse": "/srv/wheelhouse",
     "python_env_minimal": True,
-    "python_env_torch_version": TORCH_PIN.split("==")[1],
+    "python_env_torch_version": _torch_pin(),
     "model_store_min_free_gb": 1,
     "lmdeploy_service_enabled": True,
     "lmdeploy_service_start": False,
@@ -240,7 +267,9 @@ def test_environment_imports_torch_and_lmdeploy_inside_the_target(target: Path) 
     r = _run(["chroot", str(target), "/opt/lmdeploy/env/bin/python", "-c", code])
     assert r.returncode == 0, r.stderr[-2000:]
     torch_v, lmdeploy_v = json.loads(r.stdout.strip().splitlines()[-1])
-    assert torch_v.startswith(TORCH_PIN.split("==")[1])
+    # The pin the role was given, in the build the wheelhouse held (a local +cpu tag or none).
+    assert torch_v.split("+")[0] == _torch_pin()
+    assert torch_v == _venv_torch()
     assert lmdeploy_v == load_settings("default").versions.lmdeploy
     r = _run(["chroot", str(target), "/opt/lmdeploy/env/bin/lmdeploy", "--help"])
     assert r.returncode == 0 and "serve" in r.stdout, r.stderr[-2000:]

@@ -81,6 +81,32 @@ def _sh(cmd: list[str], **kw) -> None:
         pytest.fail(f"{cmd[0]} failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
 
 
+# What runc says when the kernel or the sandbox around this machine refuses it a container.
+_FORBIDDEN = re.compile(r"operation not permitted|permission denied|pivot_root|namespace|newuidmap|cannot clone", re.I)
+
+
+def _skip_if_nested_containers_are_forbidden() -> None:
+    """Skip (naming the cause) where the kernel refuses the namespaces a container needs."""
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net"]
+    cmd += [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    res = subprocess.run([*cmd, "true"], capture_output=True, text=True)
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+        pytest.skip(f"nested containers are forbidden here: the kernel refuses new namespaces ({' '.join(cmd)}: {why})")
+
+
+def _skip_if_podman_cannot_run(pm: Podman) -> None:
+    """One `podman run` of the base: a refusal from the kernel/sandbox skips, anything else fails."""
+    res = pm.run("run", "--rm", "--network", "none", MINBASE, "/bin/true", check=False, timeout=120)
+    if res.returncode == 0:
+        return
+    lines = [line for line in res.stderr.splitlines() if _FORBIDDEN.search(line)]
+    if not lines:
+        pytest.fail(f"podman cannot run {MINBASE} ({res.returncode}):\n{res.stderr[-3000:]}")
+    hint = " (/ is not a mount point: a chroot? bind-mount the root onto itself)" if "pivot_root" in lines[-1] else ""
+    pytest.skip(f"nested containers are forbidden here{hint}: podman run: {lines[-1].strip()[-300:]}")
+
+
 def _minbase_tar() -> Path:
     tar = WORK / "bookworm-minbase.tar"
     if tar.exists():
@@ -127,6 +153,7 @@ def podman() -> Podman:
     require_tool("podman")
     for tool in ("runc", "debootstrap"):
         require_tool(tool)
+    _skip_if_nested_containers_are_forbidden()
     WORK.mkdir(parents=True, exist_ok=True)
     conf = WORK / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
@@ -138,6 +165,7 @@ def podman() -> Podman:
 
     if not pm.exists(MINBASE):
         pm.run("import", str(_minbase_tar()), MINBASE)
+    _skip_if_podman_cannot_run(pm)
     ctx = _wheelhouse()
     # Rebuilt every session (cheap when cached): the wheelhouse follows the requirement files.
     pm.run("build", "--network", "none", "-t", WHEELBASE, "-f", str(ctx / "Containerfile"), str(ctx))

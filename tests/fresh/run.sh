@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# `make test` on a fresh Debian bookworm root, as a new user runs it: a debootstrapped root with only
+# git and make added, none of this machine's pip config or wheel cache, a `git clone` of REV, then the
+# README's test command. Prints the pytest summary line; exits with make's status.
+#
+#   bash tests/fresh/run.sh [--keep] [--root DIR] [--cmd 'COMMAND'] [REV]
+#
+#   REV          commit to clone (default HEAD of this checkout)
+#   --keep       leave the root (and its mounts' mount points) for a rerun with --root
+#   --root DIR   reuse a kept root: check out REV again (its build/ and .venv stay) and run there
+#   --cmd CMD    run CMD in the clone instead of `make test`, e.g. '.venv/bin/python -m pytest tests/ansible -x'
+#
+# Needs root (debootstrap, chroot, mounts). The debootstrapped base is cached as a tarball under
+# $KIT_FRESH_CACHE (default /var/tmp/kit-fresh); delete it to start from a new snapshot of Debian.
+# This machine's CA certificates (/usr/local/share/ca-certificates) are copied in, so a TLS-inspecting
+# proxy works for apt and pip. Logs: <root>.log next to the root.
+set -euo pipefail
+
+usage() { sed -n '5,11s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+
+keep=0 root="" cmd="make test" rev=HEAD
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) keep=1 ;;
+    --root) root=${2:?--root needs a directory}; keep=1; shift ;;
+    --cmd) cmd=${2:?--cmd needs a command}; shift ;;
+    -h|--help) usage ;;
+    -*) echo "run.sh: unknown option $1" >&2; usage ;;
+    *) rev=$1 ;;
+  esac
+  shift
+done
+
+[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (debootstrap, chroot, mounts)" >&2; exit 2; }
+repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+commit=$(git -C "$repo" rev-parse --verify "$rev^{commit}") || { echo "run.sh: no such commit: $rev" >&2; exit 2; }
+cache=${KIT_FRESH_CACHE:-/var/tmp/kit-fresh}
+mirror=${KIT_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+base=$cache/bookworm-base.tar
+mkdir -p "$cache"
+
+log() { echo "run.sh: $*" >&2; }
+
+# The base: Debian's default debootstrap set plus what a user needs to get the kit and type make.
+build_base() {
+  command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get install -y -qq debootstrap >/dev/null; }
+  local tmp=$cache/base.tmp
+  rm -rf "$tmp"
+  log "debootstrap bookworm (a few minutes) -> $base"
+  debootstrap --include=ca-certificates,git,make bookworm "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+    { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+  # Sources as the Debian installer writes them: main, updates, security.
+  cat >"$tmp/etc/apt/sources.list" <<EOF
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+  rm -rf "$tmp"/var/cache/apt/archives/*.deb
+  tar -C "$tmp" -cf "$base.part" . && mv "$base.part" "$base"
+  rm -rf "$tmp"
+}
+
+# Mount what a machine has: the root itself as a mount point (runc's pivot_root), /proc, /sys, /dev.
+mount_all() {
+  mountpoint -q "$root" || mount --bind "$root" "$root"
+  mount -t proc proc "$root/proc"
+  mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
+  mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
+  mount -t tmpfs -o mode=755 run "$root/run"
+}
+
+# Stop what the run left behind (podman's conmon, a browser) by pid, then unmount everything below.
+cleanup() {
+  local pid
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    case "$(readlink "/proc/$pid/root" 2>/dev/null)/" in
+      "$root"/*) kill -9 "$pid" 2>/dev/null || true ;;
+    esac
+  done
+  umount -R "$root" 2>/dev/null || umount -R -l "$root" 2>/dev/null || true
+  if [ "$keep" -eq 0 ]; then
+    rm -rf --one-file-system "$root"
+  else
+    log "kept $root (rerun: bash tests/fresh/run.sh --root $root [--cmd '...'] [REV])"
+  fi
+}
+
+[ -f "$base" ] || build_base
+if [ -z "$root" ]; then
+  root=$cache/root-$(date -u +%Y%m%dT%H%M%S)
+  mkdir -p "$root"
+  tar -C "$root" -xf "$base"
+  # Trust what this machine trusts (a proxy CA, if any), nothing else of its configuration.
+  if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+  fi
+  chroot "$root" update-ca-certificates >/dev/null
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+fi
+root=$(cd "$root" && pwd)
+[ -x "$root/usr/bin/git" ] || { echo "run.sh: $root is not a root made by this script" >&2; exit 2; }
+trap cleanup EXIT
+mount_all
+
+# The clone: a fresh `git clone` of this checkout at REV (a reused root keeps its build/ and .venv).
+src=$root/root/lmdeploy-kit
+if [ -d "$src/.git" ]; then
+  git -C "$src" fetch -q "$repo" "$commit"
+else
+  git clone -q --no-hardlinks "$repo" "$src"
+fi
+git -C "$src" -c advice.detachedHead=false checkout -q --detach "$commit"
+log "running '$cmd' at ${commit:0:12} in $root (log: $root.log)"
+
+set +e
+chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  bash -c "cd /root/lmdeploy-kit && $cmd" >"$root.log" 2>&1
+rc=$?
+set -e
+summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$root.log" | tail -1 || true)
+echo "${summary:-(no pytest summary line; tail of $root.log:)}"
+[ -n "$summary" ] || tail -30 "$root.log"
+echo "exit status $rc at ${commit:0:12}"
+exit "$rc"
