@@ -110,17 +110,33 @@ def cmd_table(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _common_options(default: Any = None) -> argparse.ArgumentParser:
+    """--profile, --settings, -v, -q: accepted before and after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--profile", default=default, help="settings profile (env PROFILE; default: default)")
+    p.add_argument("--settings", default=default, help="settings file (env KIT_SETTINGS; default: settings.yaml)")
+    if default is None:
+        add_verbosity(p)
+    else:
+        p.add_argument("-v", "--verbose", action="count", default=default, help="more log output (repeatable)")
+        p.add_argument("-q", "--quiet", action="count", default=default, help="less log output (repeatable)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kit", description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m kit",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common_options()],
     )
-    parser.add_argument("--profile", help="settings profile (env PROFILE; default: default)")
-    parser.add_argument("--settings", help="settings file (env KIT_SETTINGS; default: settings.yaml)")
-    add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    # The same options after the subcommand (`show --profile seed`); SUPPRESS keeps a value given before it.
+    after = _common_options(default=argparse.SUPPRESS)
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, parents=[after], allow_abbrev=False)
         p.set_defaults(func=func)
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
         return p
