@@ -12,6 +12,7 @@ INVENTORY ?= ansible/inventory/localhost.yml
 CONTEXT ?=
 NAMESPACE ?=
 # Extra arguments passed to the client/tool a target runs, e.g. ARGS="--prompt hi".
+# `make quantize` passes them to all three jobs: settings flags such as ARGS="--set quantization.device=cpu".
 ARGS ?=
 # The kit's own environment (created by `make venv`).
 VENV ?= .venv
@@ -27,9 +28,10 @@ CLUSTER_FLAGS = $(if $(CONTEXT),--context $(CONTEXT)) $(if $(NAMESPACE),--namesp
 
 ##@ General
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [PROFILE=default|seed|fc|multi-gpu] [VAR=value]\n"} \
-	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2 } \
-	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+	@if test -t 1 && test -z "$${NO_COLOR:-}"; then c=$$'\033[36m' b=$$'\033[1m' r=$$'\033[0m'; else c= b= r=; fi; \
+	awk -v c="$$c" -v b="$$b" -v r="$$r" 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [PROFILE=default|seed|fc|multi-gpu] [VAR=value]\n"} \
+	  /^[a-zA-Z_-]+:.*?##/ { printf "  %s%-12s%s %s\n", c, $$1, r, $$2 } \
+	  /^##@/ { printf "\n%s%s%s\n", b, substr($$0, 5), r }' $(MAKEFILE_LIST)
 
 ##@ Setup
 venv: $(VENV_STAMP) ## Create the kit's Python environment (pinned tools, CPU torch, lmdeploy)
@@ -49,12 +51,13 @@ settings: $(VENV_STAMP) ## Show the effective settings of PROFILE
 
 provision: render ## Provision INVENTORY hosts (GPU preflight, env, model store, services)
 	$(call need,ansible/site.yml,the Ansible playbook)
+	@$(PY) -m kit validate >/dev/null  # an unknown PROFILE: one line naming the valid ones
 	$(VENV)/bin/ansible-playbook -i $(INVENTORY) ansible/site.yml -e @ansible/vars/profiles/$(PROFILE).yml $(ARGS)
 
 ##@ Quantize
 quantize: ## Fetch, AWQ-quantize and verify the model on this host (no Kubernetes)
 	$(call need,jobs/quantize.py,the quantize job)
-	$(PY) -m jobs.fetch && $(PY) -m jobs.quantize && $(PY) -m jobs.verify $(ARGS)
+	$(PY) -m jobs.fetch $(ARGS) && $(PY) -m jobs.quantize $(ARGS) && $(PY) -m jobs.verify $(ARGS)
 
 ##@ Deploy
 plan: ## Predict KV capacity and concurrency per quant policy before deploying
