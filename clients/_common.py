@@ -94,11 +94,33 @@ def resolve_connection(args: argparse.Namespace) -> Connection:
         from kit.render import api_base_url
 
         url = api_base_url(load_kit_settings(args.profile))
-    key = args.api_key or next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None)
+    key = api_key(args)
     if args.timeout <= 0 or args.retries < 0:
         raise ClientError("--timeout must be > 0 and --retries >= 0", exitcodes.USAGE)
     model = args.model or os.environ.get("KIT_MODEL") or None
     return Connection(normalize_base_url(url), key, model, args.timeout, args.retries)
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key or the env, without the newline a Secret file or `echo` leaves around it.
+
+    An HTTP header cannot carry a newline: httpx refuses to send it, and the SDK reports that as a
+    connection error. Whitespace around the key is stripped; inside it, it is a usage error.
+    """
+    origin, key = (
+        ("--api-key", args.api_key) if args.api_key else next(((k, os.environ[k]) for k in API_KEY_ENVS if os.environ.get(k)), ("", None))
+    )
+    if key is None:
+        return None
+    if key != key.strip():
+        log.info("removed whitespace around the API key from %s", origin)
+        key = key.strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ClientError(
+            f"the API key from {origin} contains whitespace or a control character, which an HTTP header cannot carry; check its value",
+            exitcodes.USAGE,
+        )
+    return key or None
 
 
 def make_client(conn: Connection) -> openai.OpenAI:
@@ -145,12 +167,15 @@ def connect(conn: Connection) -> tuple[openai.OpenAI, str]:
 
 def as_client_error(exc: BaseException, conn: Connection) -> BaseException:
     """Map openai SDK errors to a one-line ClientError; anything else is returned unchanged."""
+    import httpx
     import openai
 
     if isinstance(exc, ClientError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
         return ClientError(f"the server at {conn.base_url} did not answer within {conn.timeout:g} s (--timeout)")
+    if isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, httpx.LocalProtocolError):
+        return ClientError(f"the request to {conn.base_url} could not be sent (invalid header: check the API key and --base-url)")
     if isinstance(exc, openai.APIConnectionError):
         return ClientError(f"cannot reach the server at {conn.base_url}; is it running / port-forwarded?")
     if isinstance(exc, openai.AuthenticationError):
