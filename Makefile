@@ -98,7 +98,7 @@ gpu: ## GPU usage of the serving pods (ARGS=--local for this host)
 	$(if $(findstring --local,$(ARGS)),$(PY) -m clients.gpu_report $(filter-out --local,$(ARGS)),$(PY) -m kit.cluster $(CLUSTER_FLAGS) gpu $(ARGS))
 
 report: ## Build the evidence report (Markdown + PNG) from the live service or ARGS="--from FILE"
-	$(call need,clients/report.py,the report builder)
+	$(call need,clients/report/__main__.py,the report builder)
 	$(PY) -m clients.report $(ARGS)
 
 ##@ Build

@@ -1,0 +1,5 @@
+import sys
+
+from clients.report.cli import main
+
+sys.exit(main())
