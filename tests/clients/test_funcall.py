@@ -8,36 +8,39 @@ import json
 import pytest
 
 from clients import funcall
-from clients.funcall import REGISTRY, TOOLS, ToolCallError, main, parse_action_text, validate_arguments
-from tests.support.replay import SCENARIOS, ReplayServer, scripted, tool_template
+from clients.funcall import TOOLS, ToolCallError, main, parse_action_text, validate_arguments
+from tests.support.replay import SCENARIOS, ReplayServer, find_chat, scripted, tool_template
 
 
 def _verdict(r) -> dict:
     return json.loads(r.out)
 
 
+# What each recorded session shows (random weights on the GPU machine): the verdict the loop must
+# reach on it. A re-recording that changes the model's answers must update this table.
+RECORDED_VERDICTS = {"funcall-required": "invalid_tool_call", "funcall-auto": "no_tool_call"}
+
+
 @pytest.mark.parametrize("name", [s[0] for s in SCENARIOS if s[1] == "clients.funcall"])
 def test_recorded_session_replays_exactly(recorded, run, name):
-    """The loop sends what was recorded (tool results included) and judges the recorded answers."""
+    """The loop sends what was recorded and judges the recorded answer as the table says."""
     argv = next(s[2] for s in SCENARIOS if s[0] == name)
+    choice = argv[argv.index("--tool-choice") + 1]
     with ReplayServer(recorded) as srv:
         r = run(main, [*argv, "--base-url", srv.base_url])
     assert srv.misses == [], "the loop sent a request that was not recorded"
-    if r.code == 1 and not r.out.strip():  # the recorded server refused a request of the loop
-        assert "answered" in r.err and "Traceback" not in r.err
-        assert any(e["request"].get("path") == "/v1/chat/completions" and e["response"]["status"] >= 400 for e in recorded)
-        return
     v = _verdict(r)
-    assert r.code == (0 if v["passed"] else 1)
-    for call in v["tool_calls"]:
-        if call.get("error") is None:
-            assert call["result"] == REGISTRY[call["name"]](**call["arguments"])
+    assert (v["verdict"], r.code) == (RECORDED_VERDICTS[name], 1)
     chats = [q["body"] for q in srv.requests if q["path"] == "/v1/chat/completions"]
-    assert len(chats) == v["requests"]
-    assert chats[0]["tool_choice"] == argv[argv.index("--tool-choice") + 1]
-    assert [t["function"]["name"] for t in chats[0]["tools"]] == ["add", "mul"]
-    if v["passed"]:
-        assert "16" in v["final_answer"] and v["tool_calls"]
+    assert len(chats) == v["requests"] == 1
+    assert chats[0]["tool_choice"] == choice and [t["function"]["name"] for t in chats[0]["tools"]] == ["add", "mul"]
+    answer = find_chat(recorded, tool_choice=choice)["response"]["body"]["choices"][0]["message"]
+    if v["verdict"] == "invalid_tool_call":  # the recorded call's arguments are not JSON: named, not executed
+        call = answer["tool_calls"][0]["function"]
+        assert v["tool_calls"] == [{**v["tool_calls"][0], "name": call["name"], "arguments": call["arguments"], "result": None}]
+        assert v["reason"].startswith(f"arguments of {call['name']} are not valid JSON")
+    else:  # the recorded answer is text without a tool call
+        assert v["final_answer"] == answer["content"].strip() and v["tool_calls"] == []
 
 
 def _happy(t):
