@@ -174,6 +174,6 @@ def podman() -> Podman:
 
 
 def require_entry(path: str) -> None:
-    """Skip only while a part written in parallel (clients/, jobs/) has not landed yet."""
-    if not (REPO / path).exists():
-        pytest.skip(f"{path} does not exist yet")
+    """A kit file an image test builds in: missing is a failure of the kit, never a skip."""
+    if not (REPO / path).is_file():
+        pytest.fail(f"{path} is missing from the kit; the image test builds it in")
