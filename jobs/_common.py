@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kit import exitcodes
+from kit import exitcodes, markers
 from kit.logs import add_verbosity, setup_logging
 from kit.settings import Settings, SettingsError, deep_merge, load_settings, parse_override
 
 log = logging.getLogger("jobs")
 
 MANIFEST_NAME = "kit-manifest.json"
-MARKER_NAME = "kit-complete.json"
+# The completion marker (kit/markers.py: name, content, atomic writer); written last by fetch and quantize.
+MARKER_NAME = markers.FILE_NAME
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 8 << 20
 
@@ -265,6 +266,19 @@ def text_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(cfg.get(key), dict):
             return cfg[key]
     return cfg
+
+
+def versions(dists: tuple[str, ...] = ("lmdeploy", "torch", "transformers", "huggingface_hub")) -> dict[str, str]:
+    """Python and package versions for a marker (metadata only: nothing is imported)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
 
 
 def lmdeploy_version() -> str:

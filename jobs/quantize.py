@@ -8,8 +8,9 @@ How it stays safe:
   version, chat template) is compared with the completion marker of the published output; when
   they match the job exits at once, without importing torch or loading the model.
 - The model is written to `.<out>.tmp-<pid>` beside the output (same filesystem), the marker
-  (`kit-complete.json`: fingerprint, sizes, timings, versions) is the last file written, the
-  tree is fsynced, then published by rename. A reader sees no output or a complete one; a
+  (`.kit-complete.json`, kit/markers.py: fingerprint, the settings' request fingerprint, the fetch
+  marker's fingerprint, sizes, timings, versions) is the last file written, the tree is fsynced,
+  then published by rename. A reader sees no output or a complete one; a
   killed job leaves only a temp dir that the next run removes.
 - An fcntl lock (`.<out>.lock`) stops a second job writing the same output.
 
@@ -36,7 +37,6 @@ from jobs._common import (
     ENV_HELP,
     FREE_BYTES_ENV,
     MANIFEST_NAME,
-    MARKER_NAME,
     WEIGHT_SUFFIXES,
     JobError,
     Progress,
@@ -55,9 +55,8 @@ from jobs._common import (
     sha256_bytes,
     text_config,
     tree_size,
-    write_json_atomic,
 )
-from kit import chat_template, exitcodes
+from kit import chat_template, exitcodes, markers
 from kit.render import auto_awq_kwargs
 from kit.settings import Settings
 
@@ -205,7 +204,8 @@ def body(args: argparse.Namespace) -> int:
         for stale in _stale_dirs(out):
             progress.stage(f"removing {stale.name} left by an interrupted run")
             shutil.rmtree(stale, ignore_errors=True)
-        marker = read_json(out / MARKER_NAME)
+        marker = markers.read_or_none(out, markers.QUANTIZE)
+        request_fp = markers.digest(markers.quantize_request(s, fp16_path=str(model_dir), path=str(out)))
         inputs: dict[str, Any] = {
             "model_path": str(model_dir),
             "params": kwargs,
@@ -221,6 +221,11 @@ def body(args: argparse.Namespace) -> int:
             inputs["model_files"] = file_table(model_dir, _known_hashes(model_dir, marker))
             fp = fingerprint(inputs)
             if marker.get("fingerprint") == fp and output_complete(out, marker):
+                fresh = {"request_fingerprint": request_fp, "input_fingerprint": _input_fingerprint(model_dir, inputs)}
+                if any(marker.get(key) != value for key, value in fresh.items()):
+                    # Same content, other settings wording (e.g. another output path spelling): refresh the
+                    # marker so kit.cluster stops scheduling this Job, without touching the model.
+                    markers.write(out, {**marker, **fresh})
                 result = {"status": "up-to-date", "output": str(out), "fingerprint": fp, "elapsed_s": round(progress.elapsed, 3)}
                 print(json.dumps(result) if args.json else f"up to date: {out} (fingerprint {fp[:12]}); nothing to do")
                 return exitcodes.OK
@@ -267,20 +272,24 @@ def body(args: argparse.Namespace) -> int:
         fp = fingerprint(inputs)
         out_files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         progress.done("finish")
-        new_marker = {
-            "fingerprint": fp,
-            "marker_version": MARKER_VERSION,
-            "inputs": inputs,
-            "output_files": out_files,
-            "sizes": {"fp16_bytes": fp16_bytes, "w4a16_bytes": sum(out_files.values()), "fp16_dir_bytes": tree_size(model_dir)},
-            "timings_s": dict(progress.stages),
-            "versions": _versions(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "profile": s.profile,
-        }
+        w4a16_bytes, fp16_dir_bytes = sum(out_files.values()), tree_size(model_dir)
+        new_marker = markers.build(
+            markers.QUANTIZE,
+            fingerprint=fp,
+            request_fp=request_fp,
+            sizes={"total_bytes": w4a16_bytes, "fp16_bytes": fp16_bytes, "w4a16_bytes": w4a16_bytes, "fp16_dir_bytes": fp16_dir_bytes},
+            versions=_versions(),
+            input_fingerprint=_input_fingerprint(model_dir, inputs),
+            marker_version=MARKER_VERSION,
+            inputs=inputs,
+            output_files=out_files,
+            timings_s=dict(progress.stages),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            profile=s.profile,
+        )
         fsync_tree(tmp)
-        write_json_atomic(tmp / MARKER_NAME, new_marker)  # last file of the tree
+        markers.write(tmp, new_marker)  # last file of the tree
         _publish(tmp, out)
         new_marker["timings_s"]["total"] = round(progress.elapsed, 3)
         ratio = new_marker["sizes"]["w4a16_bytes"] / max(fp16_bytes, 1)
@@ -305,6 +314,14 @@ def _publish(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _input_fingerprint(model_dir: Path, inputs: dict[str, Any]) -> str:
+    """The fetch marker's fingerprint of the model quantized; a model placed by hand: the same digest of its files."""
+    fetched = markers.read_or_none(model_dir, markers.FETCH)
+    if fetched:
+        return fetched["fingerprint"]
+    return markers.digest({rel: f["sha256"] for rel, f in inputs["model_files"].items()})
 
 
 def _versions() -> dict[str, str]:

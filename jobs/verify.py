@@ -21,18 +21,16 @@ from typing import Any
 from jobs import _calib
 from jobs._common import (
     ENV_HELP,
-    MARKER_NAME,
     JobError,
     Progress,
     add_settings_args,
     human,
     model_config,
-    read_json,
     run,
     settings_from,
     tree_size,
 )
-from kit import exitcodes
+from kit import exitcodes, markers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +85,13 @@ def body(args: argparse.Namespace) -> int:
         raise JobError("--seqlen must be at least 16 and --max-windows at least 1", exitcodes.USAGE)
     model_config(fp16_dir)
     model_config(q_dir)
-    if not (q_dir / MARKER_NAME).exists():
+    try:
+        q_marker = markers.read(q_dir, markers.QUANTIZE)
+    except markers.MarkerError as exc:
+        raise JobError(f"{exc}; run `python -m jobs.quantize` again") from None
+    if q_marker is None:
         raise JobError(
-            f"{q_dir} has no completion marker ({MARKER_NAME}): it is not a finished quantize output; run `python -m jobs.quantize`"
+            f"{q_dir} has no completion marker ({markers.FILE_NAME}): it is not a finished quantize output; run `python -m jobs.quantize`"
         )
     text, _ = _calib.read_text(calib_path)
     _, heldout = _calib.split(text)
@@ -142,7 +144,7 @@ def body(args: argparse.Namespace) -> int:
         "device": device,
         "sizes": sizes,
         "timings_s": {"fp16": round(fp16_s, 3), "w4a16": round(q_s, 3)},
-        "marker_fingerprint": (read_json(q_dir / MARKER_NAME) or {}).get("fingerprint"),
+        "marker_fingerprint": q_marker["fingerprint"],
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from kit import markers
 from kit.render import API_KEY_ENV, flat_params, image_ref, serve_args
 from kit.render import GENERATED_HEADER as HEADER
 from kit.settings import Settings
@@ -30,8 +31,8 @@ OVERLAYS_DIR = Path("k8s/overlays")
 # Fixed layout inside the pods (the base uses the same values).
 SETTINGS_MOUNT = "/etc/lmdeploy-kit"
 SETTINGS_FILE = f"{SETTINGS_MOUNT}/settings.yaml"
-# Written by jobs.fetch / jobs.quantize into their output directory when the output is complete.
-COMPLETE_MARKER = ".kit-complete.json"
+# Written by jobs.fetch / jobs.quantize into their output directory when the output is complete (kit/markers.py).
+COMPLETE_MARKER = markers.FILE_NAME
 # Logical image names in the base, replaced through kustomize `images:`.
 BASE_IMAGES = {"runtime": "lmdeploy-kit/runtime", "client": "lmdeploy-kit/client"}
 STARTUP_PERIOD_S = 10
@@ -55,7 +56,7 @@ def _dump(*docs: Any) -> str:
 
 
 def marker(path: str) -> str:
-    return f"{path}/{COMPLETE_MARKER}"
+    return markers.path_in(path)
 
 
 def split_image(ref: str) -> dict[str, str]:
@@ -118,7 +119,11 @@ def patches(s: Settings) -> list[dict[str, Any]]:
         "template": {
             "spec": {
                 "initContainers": [
-                    {"name": "wait-for-model", "env": [{"name": "MARKER", "value": marker(s.serve_path)}], **_model_mount(s, True)}
+                    {
+                        "name": "wait-for-model",
+                        "env": [{"name": "MARKER", "value": markers.marker_path(s, markers.serve_stage(s))}],
+                        **_model_mount(s, True),
+                    }
                 ],
                 "containers": [
                     {
@@ -198,7 +203,11 @@ def patches(s: Settings) -> list[dict[str, Any]]:
             "template": {
                 "spec": {
                     "initContainers": [
-                        {"name": "wait-for-fetch", "env": [{"name": "MARKER", "value": marker(s.fp16_path)}], **_model_mount(s, True)}
+                        {
+                            "name": "wait-for-fetch",
+                            "env": [{"name": "MARKER", "value": markers.marker_path(s, markers.FETCH)}],
+                            **_model_mount(s, True),
+                        }
                     ],
                     "containers": [
                         {
