@@ -1,0 +1,310 @@
+"""`make bench` on TurboMind, the kit's default backend: honest kit-vs-bare throughput and the
+capacity-bound load that decides whether AWQ + a quantized KV cache pays.
+
+    python -m tests.gpu.bench_tm --out build/bench-tm                 # everything, ~13 min on an H200
+    python -m tests.gpu.bench_tm --out build/bench-tm --stages pairs  # reuse the models in --workdir
+
+Stages:
+  model     random-weight Llama of the internlm2_5-1_8b-chat shape (tests/gpu/build_model.py)
+  quantize  `python -m jobs.quantize` with the default profile (AWQ W4A16 g128)
+  capacity  kit-rendered servers (kit.render.serve_args, default profile) for fp16 weights + fp16 KV,
+            AWQ + KV int4, AWQ + KV int8: batch-1 decode, then N streams of P in / O out as whole
+            (non-streamed) responses from several client processes; more streams than fp16 KV holds
+  pairs     kit server (rendered args) and bare server (hand-typed args, same engine config)
+            alternating A B A B ..., each with the same streamed load; ready time, tok/s, TTFT
+
+Every server's log is kept; TurboMind's `Object cache budget: X MB from free Y MB and ratio R` line
+becomes a planner fixture (tests/plan/fixtures/engine_logs_turbomind_*.json). Results: results.json
+(written after every step), bench.log, logs.tgz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kit.render import serve_args
+from kit.settings import DEFAULT_SETTINGS_PATH, Settings, deep_merge, load_settings
+from tests.gpu import openai_load as ol
+from tests.gpu.server import ServerRun, error_lines, gpu_memory, wait_gpu_released
+
+log = logging.getLogger("bench_tm")
+
+STAGES = ("model", "quantize", "capacity", "pairs")
+SHAPE = dict(
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, vocab_size=92544
+)
+# name: settings overrides on the default profile (the engine config stays the kit's default)
+CAPACITY_CONFIGS: dict[str, dict[str, Any]] = {
+    "fp16": {"quantization": {"enabled": False}, "serving": {"quant_policy": 0}},
+    "awq-kv4": {"serving": {"quant_policy": 4}},
+    "awq-kv8": {"serving": {"quant_policy": 8}},
+}
+TARGETS = {"throughput_kit_over_bare": 0.95, "capacity_kv4_over_fp16": 1.5}
+BUDGET_LINE = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
+
+
+def parse_budget(text: str) -> dict[str, float] | None:
+    """TurboMind's KV sizing line (the last one in a log)."""
+    hits = BUDGET_LINE.findall(text)
+    if not hits:
+        return None
+    budget, free, ratio = (float(x) for x in hits[-1])
+    return {"budget_mb": budget, "free_mb": free, "ratio": ratio}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.work = Path(args.workdir).resolve()
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.settings_file = self.work / "settings.bench.yaml"
+        self.results: dict[str, Any] = {"schema": 2, "backend": "turbomind", "started": _now(), "targets": TARGETS, "stages": {}}
+        self.baseline_mib: int | None = None
+
+    # -- settings -------------------------------------------------------------------------
+    def write_settings(self) -> None:
+        raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
+        over = {"storage": {"models_root": str(self.work / "models")}, "serving": {"log_level": "INFO"}}
+        raw["defaults"] = deep_merge(raw.get("defaults") or {}, over)
+        self.settings_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.results["settings_overrides"] = over
+
+    def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        return load_settings("default", path=self.settings_file, overrides=overrides or {})
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KIT_SETTINGS": str(self.settings_file), "PROFILE": "default", "PYTHONUNBUFFERED": "1"}
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def save(self) -> None:
+        self.results["ratios"] = compute_ratios(self.results)
+        self.results["updated"] = _now()
+        tmp = self.out / "results.json.tmp"
+        tmp.write_text(json.dumps(self.results, indent=1) + "\n")
+        tmp.replace(self.out / "results.json")
+        with tarfile.open(self.out / "logs.tgz", "w:gz") as tar:
+            tar.add(self.logs, arcname="logs")
+
+    def stage(self, name: str, fn) -> None:
+        t0 = time.perf_counter()
+        st: dict[str, Any] = {"status": "running"}
+        self.results["stages"][name] = st
+        log.info("=== %s ===", name)
+        try:
+            fn()
+            st["status"] = "ok"
+        except Exception as exc:
+            st.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:800])
+            log.exception("stage %s failed", name)
+        st["seconds"] = round(time.perf_counter() - t0, 1)
+        self.save()
+
+    def run_logged(self, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        with (self.logs / f"{name}.log").open("wb") as fh:
+            try:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env(), timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = 124
+        text = (self.logs / f"{name}.log").read_text(errors="replace")
+        out = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "tail": " | ".join(text.splitlines()[-3:])[-600:]}
+        log.info("%s: %s", name, out)
+        if rc:
+            raise RuntimeError(f"{name} failed: {out['tail']}")
+        return out
+
+    # -- stages ---------------------------------------------------------------------------
+    def stage_model(self) -> None:
+        s = self.settings()
+        cmd = [sys.executable, "-m", "tests.gpu.build_model", "--arch", "llama", "--out", s.fp16_path, "--shape", json.dumps(SHAPE)]
+        self.results["model"] = self.run_logged("build-model", cmd, 900) | {"path": s.fp16_path, "shape": SHAPE}
+
+    def stage_quantize(self) -> None:
+        s = self.settings()
+        cmd = [sys.executable, "-m", "jobs.quantize", "--model-path", s.fp16_path, "--out", s.quantized_path]
+        q = self.run_logged("quantize", cmd, 1200)
+        q["cmd"] = " ".join(["python", *cmd[1:]])
+        q["sizes_bytes"] = {"fp16": _dir_size(Path(s.fp16_path)), "w4a16": _dir_size(Path(s.quantized_path))}
+        self.results["quantize"] = q
+
+    def serve(self, label: str, argv: list[str], port: int, work) -> dict[str, Any]:
+        """Start a server, run `work(base_url, model)`, stop it; the record holds ready time, budget line and memory."""
+        rec: dict[str, Any] = {"argv": argv, "started": _now()}
+        srv = ServerRun(label, argv, port, self.logs / f"server-{label}.log")
+        srv.start()
+        try:
+            ok = srv.wait_ready(timeout_s=300)
+            rec["ready_s"] = srv.ready_s
+            rec["budget"] = parse_budget(srv.log_text())
+            rec["gpu_used_mib"] = gpu_memory().get("used_mib")
+            if not ok:
+                raise RuntimeError(srv.error)
+            base = srv.base_url
+            model = ol.served_model(base)
+            warm = ol.run_load(base, model, ol.LoadSpec(16, 16, 64, 16, stream=True))
+            rec["warmup_errors"] = warm.errors
+            rec.update(work(base, model))
+            rec["log_errors"] = error_lines(srv.log_text())
+        finally:
+            srv.stop()
+            rec["release_wait_s"] = wait_gpu_released(self.baseline_mib)
+        log.info("%s: %s", label, {k: v for k, v in rec.items() if k not in ("argv", "log_errors")})
+        return rec
+
+    def stage_capacity(self) -> None:
+        a = self.args
+        spec = ol.LoadSpec(a.cap_streams, a.cap_streams, a.cap_in, a.cap_out, stream=False, procs=a.cap_procs, seed=7)
+        self.results["capacity"] = {"load": spec.__dict__, "configs": {}}
+        for name in a.configs:
+            s = self.settings(CAPACITY_CONFIGS[name])
+
+            def work(base: str, model: str) -> dict[str, Any]:
+                return {"batch1": ol.batch1(base, model), "load": ol.run_load(base, model, spec).as_dict()}
+
+            rec = self.serve(name, serve_args(s), s.serving.port, work)
+            rec["settings"] = {"quant_policy": s.serving.quant_policy, "awq": s.effective_model_format == "awq"}
+            self.results["capacity"]["configs"][name] = rec
+            self.save()
+
+    def bare_argv(self, s: Settings) -> list[str]:
+        """What a user types by hand for the same engine config as the kit's rendered one."""
+        sv = s.serving
+        argv = ["lmdeploy", "serve", "api_server", s.serve_path, "--backend", sv.backend, "--server-port", str(sv.port)]
+        argv += ["--quant-policy", str(sv.quant_policy), "--cache-max-entry-count", str(sv.cache_max_entry_count)]
+        if s.effective_model_format:
+            argv += ["--model-format", s.effective_model_format]
+        if sv.max_batch_size:
+            argv += ["--max-batch-size", str(sv.max_batch_size)]
+        return argv + ["--log-level", sv.log_level]
+
+    def stage_pairs(self) -> None:
+        a = self.args
+        s = self.settings()
+        spec = ol.LoadSpec(a.pair_requests, a.pair_streams, a.pair_in, a.pair_out, stream=True, procs=a.pair_procs, seed=11)
+        runs: list[dict[str, Any]] = []
+        self.results["pairs"] = {"load": spec.__dict__, "kit_argv": serve_args(s), "bare_argv": self.bare_argv(s), "runs": runs}
+        for i in range(a.pairs):
+            for who in ("kit", "bare") if i % 2 == 0 else ("bare", "kit"):
+                argv = serve_args(s) if who == "kit" else self.bare_argv(s)
+                rec = self.serve(f"{who}-{i}", argv, s.serving.port, lambda base, model: {"load": ol.run_load(base, model, spec).as_dict()})
+                runs.append({"who": who, "pair": i, **{k: v for k, v in rec.items() if k != "argv"}})
+                self.save()
+
+    def run(self) -> int:
+        self.write_settings()
+        mem = gpu_memory()
+        self.baseline_mib = mem.get("used_mib")
+        self.results["environment"] = {"gpu": mem.get("name"), "driver": mem.get("driver"), "gpu_total_mib": mem.get("total_mib")}
+        self.results["environment"]["gpu_baseline_mib"] = self.baseline_mib
+        for name in STAGES:
+            if name in self.args.stages:
+                self.stage(name, getattr(self, f"stage_{name}"))
+        self.results["finished"] = _now()
+        self.save()
+        print(json.dumps(self.results["ratios"], indent=1))
+        return 1 if any(v["status"] != "ok" for v in self.results["stages"].values()) else 0
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1), "n": len(values)}
+
+
+def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """Each target as measured: value, target, PASS/FAIL and what it was computed from."""
+    out: dict[str, Any] = {}
+    runs = [r for r in (results.get("pairs") or {}).get("runs", []) if (r.get("load") or {}).get("tok_s") and not r["load"]["errors"]]
+    kit = [r["load"]["tok_s"] for r in runs if r["who"] == "kit"]
+    bare = [r["load"]["tok_s"] for r in runs if r["who"] == "bare"]
+    by_pair = {}
+    for r in runs:
+        by_pair.setdefault(r["pair"], {})[r["who"]] = r["load"]["tok_s"]
+    pair_ratios = [p["kit"] / p["bare"] for p in by_pair.values() if "kit" in p and "bare" in p]
+    if pair_ratios:
+        value = statistics.median(kit) / statistics.median(bare)
+        out["throughput_kit_over_bare"] = {
+            "value": round(value, 3),
+            "target": f">= {TARGETS['throughput_kit_over_bare']}",
+            "pass": value >= TARGETS["throughput_kit_over_bare"],
+            "pair_ratios": [round(x, 3) for x in pair_ratios],
+            "kit_tok_s": _spread(kit),
+            "bare_tok_s": _spread(bare),
+            "kit_ready_s": _spread([r["ready_s"] for r in runs if r["who"] == "kit" and r.get("ready_s")]),
+            "bare_ready_s": _spread([r["ready_s"] for r in runs if r["who"] == "bare" and r.get("ready_s")]),
+            "basis": "median whole-run output tok/s over alternating kit/bare servers",
+        }
+    cfgs = (results.get("capacity") or {}).get("configs") or {}
+
+    def tok_s(name: str) -> float | None:
+        load = (cfgs.get(name) or {}).get("load") or {}
+        return load.get("tok_s") if load and not load.get("errors") else None
+
+    for name in ("awq-kv4", "awq-kv8"):
+        if tok_s(name) and tok_s("fp16"):
+            value = tok_s(name) / tok_s("fp16")
+            key = f"capacity_{name.split('-')[1]}_over_fp16"
+            target = TARGETS.get(key)
+            out[key] = {"value": round(value, 3), "basis": "whole-run output tok/s, capacity-bound load, kit default profile"}
+            if target:
+                out[key].update(target=f">= {target}", **{"pass": value >= target})
+    return out
+
+
+def _dir_size(path: Path) -> int | None:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.gpu.bench_tm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="build/bench-tm")
+    p.add_argument("--workdir", default=os.environ.get("KIT_BENCH_WORKDIR", "/tmp/kit-bench-tm"))
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in this order: {','.join(STAGES)}")
+    p.add_argument("--configs", default=",".join(CAPACITY_CONFIGS), help="capacity configs to run")
+    p.add_argument("--cap-streams", type=int, default=1600)
+    p.add_argument("--cap-in", type=int, default=1024)
+    p.add_argument("--cap-out", type=int, default=1024)
+    p.add_argument("--cap-procs", type=int, default=8)
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pair-requests", type=int, default=256)
+    p.add_argument("--pair-streams", type=int, default=64)
+    p.add_argument("--pair-in", type=int, default=512)
+    p.add_argument("--pair-out", type=int, default=256)
+    p.add_argument("--pair-procs", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.stages = [s for s in args.stages.split(",") if s]
+    args.configs = [c for c in args.configs.split(",") if c]
+    bad = [s for s in args.stages if s not in STAGES] + [c for c in args.configs if c not in CAPACITY_CONFIGS]
+    if bad:
+        print(f"bench_tm: unknown stage/config {bad}", file=sys.stderr)
+        return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(Path(args.out) / "bench.log")]
+    logging.basicConfig(level=logging.INFO, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
