@@ -1,7 +1,10 @@
 """`python -m kit.cluster`: deploy the kit's kustomize overlay and look after it.
 
-  deploy     plan check, cluster + GPU checks, apply, wait for the fetch/quantize Jobs (log tail),
-             then apply the serving Deployment and wait for its rollout; prints the endpoint
+  deploy     plan check, cluster + GPU checks, then the steps of kit.deploy_plan.deploy_steps: the
+             namespace (only when absent), the Secret check, config + PVC, the fetch and quantize Jobs
+             (each only when its completion marker on the PVC does not match the settings; read
+             without a GPU), the serving Deployment, Gradio; every wait reads pods, events and PVCs
+             and stops early on a problem that will not fix itself; prints the endpoint
   undeploy   delete what deploy created; the model PVC (and the namespace) stay unless --delete-pvc
   status     pods, Jobs, Services/endpoints, recent events, GPU memory per serving pod
   logs       tail the serving (or --component) pods' logs
@@ -30,8 +33,10 @@ from typing import Any
 
 import yaml
 
-from kit import exitcodes
-from kit.k8s_params import FETCH, GRADIO, OVERLAYS_DIR, PVC, QUANTIZE, SERVE
+from kit import deploy_plan as plan
+from kit import exitcodes, markers
+from kit.deploy_plan import deploy_steps  # noqa: F401  (the ordered steps; the pod rehearsal imports it from here)
+from kit.k8s_params import GRADIO, OVERLAYS_DIR, PVC, SERVE
 from kit.logs import add_verbosity, setup_logging
 from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings
 from kit.table import text_table
@@ -89,6 +94,14 @@ class Kubectl:
         return json.loads(self.run(*args, "-o", "json", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", timeout=timeout).stdout)
 
 
+def _forbidden(stderr: str) -> bool:
+    return "Forbidden" in stderr or "forbidden" in stderr
+
+
+def _not_found(stderr: str) -> bool:
+    return "NotFound" in stderr or "not found" in stderr
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -130,9 +143,16 @@ def gpu_capacity(nodes: dict[str, Any], resource: str) -> dict[str, int]:
     return out
 
 
-def check_gpus(k: Kubectl, s: Settings) -> dict[str, int]:
+def check_gpus(k: Kubectl, s: Settings) -> dict[str, int] | None:
+    """Allocatable GPUs per node; None (with a warning) when this user may not list nodes."""
     resource = s.kubernetes.gpu_resource
-    gpus = gpu_capacity(k.json("get", "nodes"), resource)
+    proc = k.run("get", "nodes", "-o", "json", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", timeout=30, check=False)
+    if proc.returncode != 0:
+        if _forbidden(proc.stderr):
+            log.warning("cannot list nodes (%s): GPU check skipped; --skip-gpu-check silences this", _last_line(proc.stderr))
+            return None
+        raise ClusterError(f"`kubectl get nodes` failed: {_last_line(proc.stderr)}")
+    gpus = gpu_capacity(json.loads(proc.stdout), resource)
     if not gpus:
         raise ClusterError(
             f"no node has allocatable {resource}: install the NVIDIA device plugin / GPU operator, "
@@ -196,14 +216,40 @@ def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] |
 # ---------------------------------------------------------------------------------------------- deploy
 
 
-def ensure_secret(k: Kubectl, ns: str, s: Settings) -> None:
-    name = s.serving.api_key_secret
+def namespace_state(k: Kubectl, ns: str) -> str:
+    """present | absent | unknown (not allowed to read it: a namespace-only user)."""
+    proc = k.run("get", "namespace", ns, "-o", "name", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", check=False)
+    if proc.returncode == 0:
+        return "present"
+    if _forbidden(proc.stderr):
+        return "unknown"
+    if _not_found(proc.stderr):
+        return "absent"
+    raise ClusterError(f"cannot read namespace {ns}: {_last_line(proc.stderr)}")
+
+
+def ensure_namespace(k: Kubectl, step: plan.Step, ns: str) -> None:
+    """Create the namespace when it is absent; an existing one is never re-applied (labels stay the owner's)."""
+    state = namespace_state(k, ns)
+    if state == "absent":
+        apply(k, list(step.objects))
+    elif state == "present":
+        log.info("namespace %s exists: left as it is", ns)
+    else:
+        log.warning("cannot read namespace %s (no permission): assuming it exists, not applying it", ns)
+
+
+def ensure_secret(k: Kubectl, ns: str, name: str) -> None:
     proc = k.run("-n", ns, "get", "secret", name, "-o", "name", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", check=False)
-    if proc.returncode != 0:
-        raise ClusterError(
-            f"Secret {ns}/{name} (key api-key) is missing; create it first: "
-            f"kubectl -n {ns} create secret generic {name} --from-literal=api-key=$(openssl rand -hex 24)"
-        )
+    if proc.returncode == 0:
+        return
+    if _forbidden(proc.stderr):
+        log.warning("cannot read Secret %s/%s (no permission): not checked; the pods fail to start if it is missing", ns, name)
+        return
+    raise ClusterError(
+        f"Secret {ns}/{name} (key api-key) is missing; create it first: "
+        f"kubectl -n {ns} create secret generic {name} --from-literal=api-key=$(openssl rand -hex 24)"
+    )
 
 
 def apply(k: Kubectl, docs: list[dict[str, Any]]) -> None:
@@ -214,58 +260,207 @@ def apply(k: Kubectl, docs: list[dict[str, Any]]) -> None:
         log.info("%s", line)
 
 
-def _job_state(job: dict[str, Any]) -> str:
-    for cond in job.get("status", {}).get("conditions", []) or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
-            return cond["type"]
-    return "Active" if job.get("status", {}).get("active") else "Pending"
+def get_json(k: Kubectl, ns: str, *args: str) -> dict[str, Any] | None:
+    """`kubectl -n ns get ... -o json`, None when the object does not exist."""
+    proc = k.run("-n", ns, "get", *args, "-o", "json", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", timeout=30, check=False)
+    if proc.returncode != 0:
+        if _not_found(proc.stderr):
+            return None
+        raise ClusterError(f"`kubectl get {' '.join(args[:2])}` failed: {_last_line(proc.stderr)}")
+    return json.loads(proc.stdout)
 
 
-def apply_job(k: Kubectl, ns: str, job: dict[str, Any]) -> None:
-    """Jobs are immutable: keep a running one, recreate a finished one (the entrypoints skip finished work)."""
-    name = job["metadata"]["name"]
-    proc = k.run("-n", ns, "get", "job", name, "-o", "json", check=False)
-    if proc.returncode == 0:
-        state = _job_state(json.loads(proc.stdout))
-        if state in ("Active", "Pending"):
-            log.warning("job %s is already running; waiting for it", name)
-            return
-        k.run("-n", ns, "delete", "job", name, "--wait=true", timeout=120)
-    apply(k, [job])
+def server_version(k: Kubectl) -> tuple[int, int] | None:
+    proc = k.run("version", "-o", "json", f"--request-timeout={REQUEST_TIMEOUT_S * 3}s", timeout=15, check=False)
+    try:
+        return plan.server_version(json.loads(proc.stdout)) if proc.stdout.strip() else None
+    except ValueError:
+        return None
 
 
-def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, out=sys.stderr) -> None:
-    """Poll a Job until Complete; show its newest log line as progress; on failure raise with the log tail."""
+# ---- markers on the PVC
+
+
+def _shown_markers(s: Settings, text: str, where: str) -> dict[str, Any]:
+    try:
+        shown = json.loads(text.strip().splitlines()[-1]) if text.strip() else None
+    except ValueError:
+        shown = None
+    if not isinstance(shown, dict):
+        raise ClusterError(f"the marker reader in {where} printed no JSON: {_last_line(text) or '(nothing)'}")
+    return plan.markers_by_stage(s, shown)
+
+
+def read_markers(k: Kubectl, ns: str, s: Settings, docs: list[dict[str, Any]], poll_s: float = POLL_S) -> dict[str, Any]:
+    """{stage: marker | None | {"error"}} from the PVC, without a GPU: exec in a running serving pod, else a
+    short-lived reader pod of the client image mounting the PVC read-only. A PVC not yet bound holds none."""
+    pvc = get_json(k, ns, "pvc", PVC)
+    if pvc is None or (pvc.get("status") or {}).get("phase") != "Bound":
+        return {stage: None for stage in markers.STAGES}
+    paths = [markers.marker_path(s, stage) for stage in markers.STAGES]
+    for pod in serving_pods(k, ns):
+        proc = k.run(
+            "-n",
+            ns,
+            "exec",
+            pod,
+            "-c",
+            "api-server",
+            "--",
+            "python",
+            "-m",
+            "kit.markers",
+            "show",
+            "--json",
+            *paths,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return _shown_markers(s, proc.stdout, f"pod {pod}")
+        log.info("reading the markers in %s failed (%s); using a reader pod", pod, _last_line(proc.stderr))
+    name = f"{plan.READER_NAME}-{os.getpid()}-{int(time.time()) % 100000}"
+    k.run("-n", ns, "create", "-f", "-", stdin=_dump([plan.marker_reader_pod(s, docs, name)]), timeout=60)
+    print(f"reading the completion markers on persistentvolumeclaim/{PVC} (pod {name}, no GPU) ...", file=sys.stderr)
+    try:
+        wait_pod_done(k, ns, name, timeout_s=600, poll_s=poll_s)
+        out = k.run("-n", ns, "logs", name, timeout=60).stdout
+    finally:
+        k.run("-n", ns, "delete", "pod", name, "--wait=false", "--ignore-not-found", timeout=60, check=False)
+    return _shown_markers(s, out, f"pod {name}")
+
+
+def wait_pod_done(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: float = POLL_S) -> None:
+    clock = plan.ProblemClock()
     deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pod = get_json(k, ns, "pod", name)
+        phase = ((pod or {}).get("status") or {}).get("phase")
+        if phase == "Succeeded":
+            return
+        if phase == "Failed":
+            tail = k.run("-n", ns, "logs", name, "--tail=20", check=False).stdout.rstrip()
+            raise ClusterError(f"pod {name} failed: {tail or '(no logs)'}")
+        check_problems(k, ns, [pod] if pod else [], clock)
+        time.sleep(poll_s)
+    raise ClusterError(f"pod {name} did not finish within {timeout_s:.0f} s; see: kubectl -n {ns} describe pod {name}")
+
+
+# ---- waits with diagnostics
+
+
+def check_problems(k: Kubectl, ns: str, pods: list[dict[str, Any]], clock: plan.ProblemClock, hint: str = "") -> None:
+    """One diagnostics poll: raise with one line and the next command when a problem has lasted its grace time."""
+    if not pods:
+        events: list[dict[str, Any]] = []
+        pvcs: list[dict[str, Any]] = []
+    else:
+        events = (get_json(k, ns, "events") or {}).get("items", [])
+        pvcs = (get_json(k, ns, "pvc") or {}).get("items", [])
+    problem = clock.due(plan.diagnose(ns, pods, events, pvcs), time.monotonic())
+    if problem:
+        extra = f"\n{hint}" if hint and problem.reason == "Unschedulable" else ""
+        raise ClusterError(problem.line() + extra)
+
+
+def job_pods(k: Kubectl, ns: str, name: str) -> list[dict[str, Any]]:
+    return (get_json(k, ns, "pods", "-l", f"job-name={name}") or {}).get("items", [])
+
+
+def job_logs(k: Kubectl, ns: str, pods: list[dict[str, Any]], tail: int = 40) -> str:
+    """The last lines of every container of every pod of a Job (retries included), each block headed by its pod."""
+    blocks = []
+    for pod in pods:
+        pname = pod["metadata"]["name"]
+        text = k.run("-n", ns, "logs", pname, f"--tail={tail}", "--all-containers", "--prefix", check=False, timeout=30).stdout.rstrip()
+        blocks.append(f"--- pod {pname} ({(pod.get('status') or {}).get('phase', '?')})\n{text or '(no logs)'}")
+    return "\n".join(blocks) or "(no pods)"
+
+
+def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, hint: str = "", poll_s: float = POLL_S, out=sys.stderr) -> None:
+    """Poll a Job until Complete; its newest log line is the progress; a failure or a problem that will not fix
+    itself ends the wait with the logs of every pod of the Job (or one line and the next command)."""
+    deadline = time.monotonic() + timeout_s
+    clock = plan.ProblemClock()
     last = ""
     print(f"waiting for job/{name} ...", file=out)
     while time.monotonic() < deadline:
-        job = k.json("-n", ns, "get", "job", name)
-        state = _job_state(job)
+        job = get_json(k, ns, "job", name)
+        if job is None:
+            raise ClusterError(f"job/{name} disappeared while waiting for it (deleted by someone?); run the deploy again")
+        state = plan.job_state(job)
         if state == "Complete":
             print(f"job/{name} complete", file=out)
             return
+        pods = job_pods(k, ns, name)
         if state == "Failed":
-            tail = k.run("-n", ns, "logs", f"job/{name}", "--tail=40", "--all-containers", check=False).stdout.rstrip()
-            raise ClusterError(f"job/{name} failed; last log lines:\n{tail or '(no logs)'}\nsee: kubectl -n {ns} describe job {name}")
-        line = _last_line(k.run("-n", ns, "logs", f"job/{name}", "--tail=1", "--all-containers", check=False, timeout=15).stdout)
-        if line and line != last:
-            print(f"  [{name}] {line[:200]}", file=out)
-            last = line
-        time.sleep(POLL_S)
+            raise ClusterError(
+                f"job/{name} failed; last log lines of its pods:\n{job_logs(k, ns, pods)}\nsee: kubectl -n {ns} describe job {name}"
+            )
+        check_problems(k, ns, pods, clock, hint)
+        running = [p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if running:
+            line = _last_line(k.run("-n", ns, "logs", running[-1], "--tail=1", "--all-containers", check=False, timeout=15).stdout)
+            if line and line != last:
+                print(f"  [{name}] {line[:200]}", file=out)
+                last = line
+        time.sleep(poll_s)
     raise ClusterError(f"job/{name} did not finish within {timeout_s:.0f} s; see: kubectl -n {ns} logs job/{name}")
 
 
-def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: int) -> None:
-    print(f"waiting for deployment/{name} rollout (model load takes minutes) ...", file=sys.stderr)
-    proc = k.run("-n", ns, "rollout", "status", f"deployment/{name}", f"--timeout={timeout_s}s", timeout=timeout_s + 30, check=False)
-    if proc.returncode != 0:
-        pods = k.run("-n", ns, "get", "pods", "-l", f"app.kubernetes.io/name={name}", "-o", "wide", check=False).stdout.rstrip()
-        tail = k.run("-n", ns, "logs", f"deployment/{name}", "--tail=30", "--all-containers", check=False).stdout.rstrip()
-        raise ClusterError(f"deployment/{name} did not become ready: {_last_line(proc.stderr)}\n{pods}\nlast log lines:\n{tail}")
+def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: float = POLL_S, out=sys.stderr) -> None:
+    print(f"waiting for deployment/{name} rollout (model load takes minutes) ...", file=out)
+    deadline = time.monotonic() + timeout_s
+    clock = plan.ProblemClock()
+    while time.monotonic() < deadline:
+        dep = get_json(k, ns, "deployment", name)
+        if dep is None:
+            raise ClusterError(f"deployment/{name} disappeared while waiting for it; run the deploy again")
+        state, detail = plan.rollout_state(dep)
+        if state == "done":
+            print(f"deployment/{name} ready ({detail})", file=out)
+            return
+        if state == "failed":
+            raise ClusterError(
+                f"deployment/{name} did not become ready: {detail}; see: kubectl -n {ns} logs deployment/{name} --all-containers"
+            )
+        selector = ",".join(f"{key}={v}" for key, v in dep["spec"]["selector"].get("matchLabels", {}).items())
+        check_problems(k, ns, (get_json(k, ns, "pods", "-l", selector) or {}).get("items", []), clock)
+        time.sleep(poll_s)
+    raise ClusterError(f"deployment/{name} not ready within {timeout_s:.0f} s; see: kubectl -n {ns} describe deployment {name}")
 
 
-def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
+# ---- steps
+
+
+def run_job(
+    k: Kubectl, ns: str, s: Settings, step: plan.Step, args: argparse.Namespace, gpus: dict[str, int] | None, poll_s: float
+) -> None:
+    job = step.objects[0]
+    name = job["metadata"]["name"]
+    scale = f"kubectl -n {ns} scale deployment/{SERVE} --replicas=0"
+    if step.stage == markers.QUANTIZE:
+        conflict = plan.gpu_conflict(s, get_json(k, ns, "deployment", SERVE), gpus)
+        if conflict and not args.scale_down:
+            raise ClusterError(
+                f"{conflict}: the quantize pod would wait for it until its deadline; "
+                f"run `{scale}` (serving stops until the new model is up) and deploy again, or deploy with --scale-down"
+            )
+        if conflict:
+            print(f"{conflict}: scaling deployment/{SERVE} to 0 (serving stops until the new model is up)", file=sys.stderr)
+            k.run("-n", ns, "scale", f"deployment/{SERVE}", "--replicas=0", timeout=60)
+    action, why = plan.job_action(get_json(k, ns, "job", name), job, run=True)
+    log.info("job/%s: %s (%s)", name, action, why)
+    if action == "recreate":
+        print(f"job/{name}: {why}", file=sys.stderr)
+        k.run("-n", ns, "delete", "job", name, "--wait=true", "--cascade=foreground", timeout=180)
+    if action in ("create", "recreate"):
+        apply(k, [plan.stamp(job)])
+    hint = f"if a GPU is held by the running server: {scale}" if step.stage == markers.QUANTIZE else ""
+    wait_job(k, ns, name, step.timeout_s, hint=hint, poll_s=poll_s)
+
+
+def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl, poll_s: float = POLL_S) -> int:
     if not args.skip_plan:
         blockers = plan_blockers(s)
         if blockers:
@@ -273,28 +468,39 @@ def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
                 print(f"plan: {b}", file=sys.stderr)
             raise ClusterError("the capacity plan blocks this deployment (see `make plan`); override with --skip-plan")
     context = check_cluster(k)
-    gpus = check_gpus(k, s)
-    log.info("context %s; GPUs: %s", context, ", ".join(f"{n}={c}" for n, c in gpus.items()))
+    gpus = None if args.skip_gpu_check else check_gpus(k, s)
+    if gpus:
+        log.info("context %s; GPUs: %s", context, ", ".join(f"{n}={c}" for n, c in gpus.items()))
     docs = render(k, overlay_dir(s, args.overlay), args.namespace)
+    docs, changed = plan.prestop_fallback(docs, server_version(k))
+    if changed:
+        log.warning("Kubernetes < 1.30 has no preStop sleep action: using `exec sleep` in %s", ", ".join(changed))
     ns = namespace_of(docs)
-    serve = _named(docs, "Deployment", SERVE)
-    jobs = [j for name in (FETCH, QUANTIZE) if (j := _named(docs, "Job", name))]
-    # The serving pod holds its GPU while its initContainer waits: apply it only after the Jobs, so a
-    # one-GPU cluster does not park the quantize Job behind it. ScaledObjects target the Deployment.
-    late = [d for d in docs if d is serve or d["kind"] == "ScaledObject"]
-    first = [d for d in docs if d not in late and d["kind"] != "Job"]
-    apply(k, [d for d in first if d["kind"] == "Namespace"])
-    ensure_secret(k, ns, s)
-    apply(k, [d for d in first if d["kind"] != "Namespace"])
-    for job in jobs:
-        apply_job(k, ns, job)
-        deadline = job["spec"].get("activeDeadlineSeconds", 7200) + 600
-        wait_job(k, ns, job["metadata"]["name"], deadline)
-    apply(k, late)
-    if not args.no_wait:
-        wait_rollout(k, ns, SERVE, s.kubernetes.startup_timeout_s + 300)
-        if _named(docs, "Deployment", GRADIO):
-            wait_rollout(k, ns, GRADIO, 300)
+    found: dict[str, Any] | None = None
+    for step in plan.deploy_steps(s, docs):
+        if step.action == "namespace":
+            ensure_namespace(k, step, ns)
+        elif step.action == "secrets":
+            for name in step.secrets:
+                ensure_secret(k, ns, name)
+        elif step.action == "apply":
+            apply(k, list(step.objects))
+        elif step.action == "job":
+            if args.force_jobs:
+                decision = plan.StageDecision(step.stage or "", True, "--force-jobs")
+            else:
+                found = found if found is not None else read_markers(k, ns, s, docs, poll_s=poll_s)
+                decision = plan.decide_stage(s, step.stage or "", found)
+            if not decision.run:
+                print(f"job/{step.target}: skipped, {decision.reason}", file=sys.stderr)
+                continue
+            print(f"job/{step.target}: runs, {decision.reason}", file=sys.stderr)
+            run_job(k, ns, s, step, args, gpus, poll_s)
+            found = None  # the Job changed the store: read the markers again before the next decision
+        elif step.action == "rollout":
+            apply(k, list(step.objects))
+            if not args.no_wait:
+                wait_rollout(k, ns, step.target or "", step.timeout_s, poll_s=poll_s)
     port, gport = s.serving.port, s.gradio.port
     print(f"deployed profile {s.profile} to namespace {ns} (context {context})")
     print(f"API (in cluster, pods labelled lmdeploy-kit/client=true): http://{SERVE}.{ns}.svc:{port}/v1")
@@ -430,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="check, apply, wait for the Jobs and the rollout")
     p.add_argument("--skip-plan", action="store_true", help="deploy even when the capacity plan finds a blocking error")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the serving rollout")
+    p.add_argument("--skip-gpu-check", action="store_true", help="do not read the nodes' GPUs (a user limited to one namespace)")
+    p.add_argument(
+        "--scale-down",
+        action="store_true",
+        help="when quantize needs the GPU the running server holds, scale the server to 0 first (downtime) instead of stopping",
+    )
+    p.add_argument("--force-jobs", action="store_true", help="run the fetch and quantize Jobs even when their markers are current")
     p.add_argument(
         "--overlay", default=argparse.SUPPRESS, help="as the global --overlay (so `make deploy ARGS=--overlay=monitoring` works)"
     )
