@@ -6,39 +6,22 @@
 #   bash tests/fresh/run.sh [--keep] [--root DIR] [--cmd 'COMMAND'] [REV]
 #
 #   REV          commit to clone (default HEAD of this checkout)
-#   --keep       leave the root (and its mounts' mount points) for a rerun with --root
+#   --keep       keep the root for a rerun with --root (its mounts are undone either way)
 #   --root DIR   reuse a kept root: check out REV again (its build/ and .venv stay) and run there
 #   --cmd CMD    run CMD in the clone instead of `make test`, e.g. '.venv/bin/python -m pytest tests/ansible -x'
 #
 # Needs root (debootstrap, chroot, mounts). The debootstrapped base is cached as a tarball under
 # $KIT_FRESH_CACHE (default /var/tmp/kit-fresh); delete it to start from a new snapshot of Debian.
 # This machine's CA certificates (/usr/local/share/ca-certificates) are copied in, so a TLS-inspecting
-# proxy works for apt and pip. Logs: <root>.log next to the root.
+# proxy works for apt and pip. The full log is <root>.log next to the root.
 set -euo pipefail
 
-usage() { sed -n '5,11s/^# \{0,1\}//p' "$0" >&2; exit 2; }
-
-keep=0 root="" cmd="make test" rev=HEAD
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --keep) keep=1 ;;
-    --root) root=${2:?--root needs a directory}; keep=1; shift ;;
-    --cmd) cmd=${2:?--cmd needs a command}; shift ;;
-    -h|--help) usage ;;
-    -*) echo "run.sh: unknown option $1" >&2; usage ;;
-    *) rev=$1 ;;
-  esac
-  shift
-done
-
-[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (debootstrap, chroot, mounts)" >&2; exit 2; }
-repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-commit=$(git -C "$repo" rev-parse --verify "$rev^{commit}") || { echo "run.sh: no such commit: $rev" >&2; exit 2; }
 cache=${KIT_FRESH_CACHE:-/var/tmp/kit-fresh}
 mirror=${KIT_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 base=$cache/bookworm-base.tar
-mkdir -p "$cache"
+keep=0 root="" cmd="make test" rev=HEAD
 
+usage() { sed -n '6,11s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 log() { echo "run.sh: $*" >&2; }
 
 # The base: Debian's default debootstrap set plus what a user needs to get the kit and type make.
@@ -58,6 +41,18 @@ EOF
   rm -rf "$tmp"/var/cache/apt/archives/*.deb
   tar -C "$tmp" -cf "$base.part" . && mv "$base.part" "$base"
   rm -rf "$tmp"
+}
+
+# A new root from the base, trusting what this machine trusts (a proxy CA), nothing else of its setup.
+new_root() {
+  root=$cache/root-$(date -u +%Y%m%dT%H%M%S)
+  mkdir -p "$root"
+  tar -C "$root" -xf "$base"
+  if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+  fi
+  chroot "$root" update-ca-certificates >/dev/null 2>&1 || { log "update-ca-certificates failed in $root"; exit 1; }
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
 }
 
 # Mount what a machine has: the root itself as a mount point (runc's pivot_root), /proc, /sys, /dev.
@@ -85,41 +80,57 @@ cleanup() {
   fi
 }
 
-[ -f "$base" ] || build_base
-if [ -z "$root" ]; then
-  root=$cache/root-$(date -u +%Y%m%dT%H%M%S)
-  mkdir -p "$root"
-  tar -C "$root" -xf "$base"
-  # Trust what this machine trusts (a proxy CA, if any), nothing else of its configuration.
-  if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
-    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+# A fresh `git clone` of this checkout at the commit (a reused root keeps its build/ and .venv).
+checkout() {
+  local repo=$1 commit=$2 src=$root/root/lmdeploy-kit
+  if [ -d "$src/.git" ]; then
+    git -C "$src" fetch -q "$repo" "$commit"
+  else
+    git clone -q --no-hardlinks "$repo" "$src"
   fi
-  chroot "$root" update-ca-certificates >/dev/null
-  cp /etc/resolv.conf "$root/etc/resolv.conf"
-fi
-root=$(cd "$root" && pwd)
-[ -x "$root/usr/bin/git" ] || { echo "run.sh: $root is not a root made by this script" >&2; exit 2; }
-trap cleanup EXIT
-mount_all
+  git -C "$src" -c advice.detachedHead=false checkout -q --detach "$commit"
+}
 
-# The clone: a fresh `git clone` of this checkout at REV (a reused root keeps its build/ and .venv).
-src=$root/root/lmdeploy-kit
-if [ -d "$src/.git" ]; then
-  git -C "$src" fetch -q "$repo" "$commit"
-else
-  git clone -q --no-hardlinks "$repo" "$src"
-fi
-git -C "$src" -c advice.detachedHead=false checkout -q --detach "$commit"
-log "running '$cmd' at ${commit:0:12} in $root (log: $root.log)"
+# Bash reads a function whole before running it: a checkout that rewrites this file mid-run is harmless.
+main() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --keep) keep=1 ;;
+      --root) root=${2:?--root needs a directory}; keep=1; shift ;;
+      --cmd) cmd=${2:?--cmd needs a command}; shift ;;
+      -h|--help) usage ;;
+      -*) log "unknown option $1"; usage ;;
+      *) rev=$1 ;;
+    esac
+    shift
+  done
+  [ "$(id -u)" -eq 0 ] || { log "needs root (debootstrap, chroot, mounts)"; exit 2; }
+  local repo commit rc summary
+  repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+  commit=$(git -C "$repo" rev-parse --verify -q "$rev^{commit}") || { log "no such commit: $rev"; exit 2; }
+  mkdir -p "$cache"
+  [ -f "$base" ] || build_base
+  if [ -z "$root" ]; then
+    new_root
+  fi
+  root=$(cd "$root" && pwd)
+  [ -x "$root/usr/bin/git" ] || { log "$root is not a root made by this script"; exit 2; }
+  trap cleanup EXIT
+  mount_all
+  checkout "$repo" "$commit"
+  log "running '$cmd' at ${commit:0:12} in $root (log: $root.log)"
 
-set +e
-chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  bash -c "cd /root/lmdeploy-kit && $cmd" >"$root.log" 2>&1
-rc=$?
-set -e
-summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$root.log" | tail -1 || true)
-echo "${summary:-(no pytest summary line; tail of $root.log:)}"
-[ -n "$summary" ] || tail -30 "$root.log"
-echo "exit status $rc at ${commit:0:12}"
-exit "$rc"
+  set +e
+  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c "cd /root/lmdeploy-kit && $cmd" >"$root.log" 2>&1
+  rc=$?
+  set -e
+  summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$root.log" | tail -1 || true)
+  echo "${summary:-(no pytest summary line; tail of $root.log:)}"
+  [ -n "$summary" ] || tail -30 "$root.log"
+  echo "exit status $rc at ${commit:0:12}"
+  return "$rc"
+}
+
+main "$@"
