@@ -61,7 +61,7 @@ quantize: ## Fetch, AWQ-quantize and verify the model on this host (no Kubernete
 
 ##@ Deploy
 plan: ## Predict KV capacity and concurrency per quant policy before deploying
-	$(call need,kit/plan.py,the capacity planner)
+	$(call need,kit/plan/__init__.py,the capacity planner)
 	$(PY) -m kit.plan $(ARGS)
 
 deploy: render ## Plan, apply the PROFILE overlay, wait for the Jobs and the rollout
@@ -121,7 +121,11 @@ lint: $(VENV_STAMP) ## Lint Python, YAML and generated files
 test: deps lint ## Run linters and the CPU test suite
 	$(PY) -m pytest $(ARGS)
 
+rehearse: render ## Run the PROFILE overlay's pods as local processes, kubelet-style (ARGS="--model-source DIR")
+	$(call need,kit/rehearse/__main__.py,the pod rehearsal)
+	$(PY) -m kit.rehearse --profile $(PROFILE) $(ARGS)
+
 PY_TARGETS := quantize plan undeploy status logs chat gradio fc-check gpu report images bench
 $(PY_TARGETS): $(VENV_STAMP)
 
-.PHONY: help venv deps render settings provision quantize plan deploy undeploy status logs chat gradio fc-check gpu report images bench lint test
+.PHONY: help venv deps render settings provision quantize plan deploy undeploy status logs chat gradio fc-check gpu report images bench lint test rehearse

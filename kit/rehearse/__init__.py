@@ -1,0 +1,1 @@
+"""Pod rehearsal: run the rendered overlay's pods as local processes (`python -m kit.rehearse`)."""
