@@ -9,12 +9,14 @@ calibration; `jobs.verify` measures perplexity on it.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from jobs._common import JobError, sha256_bytes
 
+log = logging.getLogger("jobs.calib")
 SHIPPED = Path(__file__).resolve().parent / "data" / "calibration.txt"
 HELDOUT_FRACTION = 0.1
 MIN_CHARS = 2048
@@ -79,6 +81,19 @@ def make_loader(text: str):
         if total < seqlen:
             raise JobError(
                 f"calibration text has {total} tokens, fewer than calib_seqlen={seqlen}; use a longer text (`python -m jobs.prepare_calibration`)"
+            )
+        distinct = total // seqlen
+        if distinct < nsamples:
+            log.warning(
+                "calibration text has %d tokens, fewer than calib_samples x calib_seqlen = %d x %d = %d: "
+                "the %d windows overlap and cover only %d samples' worth of distinct text; "
+                "use a longer text (`python -m jobs.prepare_calibration`) or lower quantization.calib_samples",
+                total,
+                nsamples,
+                seqlen,
+                nsamples * seqlen,
+                nsamples,
+                distinct,
             )
         random.seed(seed)
         out = []

@@ -127,6 +127,20 @@ def copy_local(src: Path, dest: Path, progress: Progress) -> None:
     os.replace(tmp, dest)
 
 
+def check_local_source(src: Path) -> None:
+    """A local model.source must be a model directory; say which setting is wrong, not "run fetch"."""
+    if src.is_file():
+        raise JobError(
+            f"model.source {src} is a file; set it to the model's directory (the folder holding config.json and the weights)",
+            exitcodes.USAGE,
+        )
+    if not src.exists():
+        raise JobError(
+            f"model.source {src} does not exist; set it to a model directory, a hub id org/name or modelscope:org/name",
+            exitcodes.USAGE,
+        )
+
+
 def source_stats(src: Path) -> dict[str, list[int]]:
     """{relpath: [size, mtime_ns]} of a local source: a copy (copy2 keeps mtimes) is current while these match."""
     out = {}
@@ -187,6 +201,7 @@ def body(args: argparse.Namespace) -> int:
         src_stats = None
         if model.hub == "local":
             src = Path(model.source)
+            check_local_source(src)
             model_config(src)
             if src.resolve() != dest.resolve():
                 src_stats = source_stats(src)

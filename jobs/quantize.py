@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_quantizable(s: Settings, cfg: dict[str, Any], model_dir: Path) -> None:
     """Refuse before loading anything what lmdeploy AWQ cannot do with these settings."""
+    quant = cfg.get("quantization_config") or text_config(cfg).get("quantization_config")
+    if isinstance(quant, dict):
+        method = quant.get("quant_method") or "quantized"
+        raise JobError(
+            f"{model_dir} is already quantized ({method}, {quant.get('bits', '?')}-bit, from its config.json); "
+            "to serve it as it is set quantization.enabled=false (lmdeploy reads the format from config.json), "
+            "to quantize point model.source at the fp16 model",
+            exitcodes.USAGE,
+        )
     q = s.quantization
     tc = text_config(cfg)
     group = q.w_group_size
@@ -245,6 +255,7 @@ def body(args: argparse.Namespace) -> int:
         check_free_space(out.parent, int(fp16_bytes * 0.6) + (64 << 20), "the quantized model")
 
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        _TEMP_OUTPUTS.append(tmp)  # removed by main() on SIGTERM
         started = time.time()
         progress.stage(
             f"AWQ w{kwargs['w_bits']} g{kwargs['w_group_size']}: {model_dir} -> {out} "
@@ -336,8 +347,33 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class Terminated(BaseException):
+    """SIGTERM (the Job's pod deleted, `kill`): unwinds the job like Ctrl-C so its temp output goes."""
+
+
+# Temp trees of this process; a terminated run removes them, a killed one leaves them to the next run.
+_TEMP_OUTPUTS: list[Path] = []
+TERMINATED = 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run("quantize", body, build_parser(), argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return run("quantize", body, build_parser(), argv)
+    except Terminated:
+        for tmp in _TEMP_OUTPUTS:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print("quantize: terminated (SIGTERM); the unfinished output was removed, the next run quantizes again", file=sys.stderr)
+        return TERMINATED
+    finally:
+        _TEMP_OUTPUTS.clear()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
