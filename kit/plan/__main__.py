@@ -1,0 +1,5 @@
+import sys
+
+from kit.plan.cli import main
+
+sys.exit(main())
