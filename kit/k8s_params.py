@@ -21,12 +21,14 @@ from typing import Any
 import yaml
 
 from kit import markers
-from kit.render import API_KEY_ENV, flat_params, image_ref, serve_args
 from kit.render import GENERATED_HEADER as HEADER
+from kit.render import flat_params, image_ref, serve_args
 from kit.settings import Settings
 
 OVERLAY_PROFILES = ("default", "seed", "fc", "multi-gpu")
 OVERLAYS_DIR = Path("k8s/overlays")
+# The hand-written monitoring overlay builds on this profile's overlay; its from-settings.yaml is generated.
+MONITORING_BASE = "default"
 
 # Fixed layout inside the pods (the base uses the same values).
 SETTINGS_MOUNT = "/etc/lmdeploy-kit"
@@ -36,6 +38,10 @@ COMPLETE_MARKER = markers.FILE_NAME
 # Logical image names in the base, replaced through kustomize `images:`.
 BASE_IMAGES = {"runtime": "lmdeploy-kit/runtime", "client": "lmdeploy-kit/client"}
 STARTUP_PERIOD_S = 10
+# The serving container runs kit.serve, which reads the key from the Secret mounted here.
+SERVE_ENTRYPOINT = ["python", "-m", "kit.serve"]
+API_KEY_MOUNT = "/etc/lmdeploy-secrets"
+API_KEY_FILE = f"{API_KEY_MOUNT}/api-key"
 
 SERVE = "lmdeploy-serve"
 GRADIO = "lmdeploy-gradio"
@@ -70,12 +76,55 @@ def split_image(ref: str) -> dict[str, str]:
 
 
 def serve_command(s: Settings) -> list[str]:
-    """The api_server argv of the serving container; the kubelet expands $(LMDEPLOY_API_KEY)."""
-    return serve_args(s, api_key=f"$({API_KEY_ENV})")
+    """The serving container's argv: kit.serve reads the key from the mounted Secret file, so no argv holds it."""
+    return [*SERVE_ENTRYPOINT, "--api-key-file", API_KEY_FILE, "--", *serve_args(s)]
 
 
 def startup_failure_threshold(s: Settings) -> int:
     return max(1, math.ceil(s.kubernetes.startup_timeout_s / STARTUP_PERIOD_S))
+
+
+def progress_deadline_s(s: Settings) -> int:
+    """Deployment progressDeadlineSeconds: the startupProbe budget plus the image-pull allowance."""
+    return STARTUP_PERIOD_S * startup_failure_threshold(s) + s.kubernetes.image_pull_allowance_s
+
+
+def scheduling(s: Settings) -> dict[str, Any]:
+    """Pod-spec scheduling fields for every pod that mounts the model store (only those that are set)."""
+    k = s.kubernetes
+    out: dict[str, Any] = {}
+    if k.tolerations:
+        out["tolerations"] = [{key: value for key, value in t.model_dump().items() if value not in ("", None)} for t in k.tolerations]
+    if k.node_selector:
+        out["nodeSelector"] = dict(k.node_selector)
+    if k.affinity:
+        out["affinity"] = k.affinity
+    if k.runtime_class_name:
+        out["runtimeClassName"] = k.runtime_class_name
+    if k.priority_class_name:
+        out["priorityClassName"] = k.priority_class_name
+    return out
+
+
+DNS_EGRESS: dict[str, Any] = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
+def fetch_egress(s: Settings) -> list[dict[str, Any]]:
+    """The fetch Job's egress rules: DNS plus the hub's CIDRs and ports from the settings."""
+    k = s.kubernetes
+    hub = {
+        "to": [{"ipBlock": {"cidr": c}} for c in k.hub_egress_cidrs],
+        "ports": [{"port": p, "protocol": "TCP"} for p in k.hub_egress_ports],
+    }
+    return [DNS_EGRESS, hub]
 
 
 def _meta(kind: str, api: str, name: str) -> dict[str, Any]:
@@ -116,8 +165,10 @@ def patches(s: Settings) -> list[dict[str, Any]]:
     serve = _meta("Deployment", "apps/v1", SERVE)
     serve["spec"] = {
         "replicas": s.serving.replicas,
+        "progressDeadlineSeconds": progress_deadline_s(s),
         "template": {
             "spec": {
+                **scheduling(s),
                 "initContainers": [
                     {
                         "name": "wait-for-model",
@@ -130,16 +181,13 @@ def patches(s: Settings) -> list[dict[str, Any]]:
                         "name": "api-server",
                         "command": serve_command(s),
                         "ports": [{"$patch": "replace"}, {"name": "http", "containerPort": s.serving.port, "protocol": "TCP"}],
-                        "env": [
-                            *_profile_env(s),
-                            {"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.serving.api_key_secret, "key": "api-key"}}},
-                        ],
+                        "env": _profile_env(s),
                         "resources": _resources(s, k.serve_cpu, k.serve_memory, s.serving.tp),
                         "startupProbe": {"periodSeconds": STARTUP_PERIOD_S, "failureThreshold": startup_failure_threshold(s)},
                         **_model_mount(s, True),
                     }
                 ],
-                "volumes": _volumes_dshm(s),
+                "volumes": [*_volumes_dshm(s), {"name": "api-key", "secret": {"secretName": s.serving.api_key_secret}}],
             }
         },
     }
@@ -179,6 +227,7 @@ def patches(s: Settings) -> list[dict[str, Any]]:
     fetch["spec"] = {
         "template": {
             "spec": {
+                **scheduling(s),
                 "containers": [
                     {
                         "name": "fetch",
@@ -191,17 +240,20 @@ def patches(s: Settings) -> list[dict[str, Any]]:
                             },
                         ],
                     }
-                ]
+                ],
             }
         }
     }
-    docs = [serve, service, gradio, gradio_service, pvc, fetch]
+    fetch_policy = _meta("NetworkPolicy", "networking.k8s.io/v1", FETCH)
+    fetch_policy["spec"] = {"egress": fetch_egress(s)}
+    docs = [serve, service, gradio, gradio_service, pvc, fetch, fetch_policy]
     if s.quantization.enabled:
         quantize = _meta("Job", "batch/v1", QUANTIZE)
         quantize["spec"] = {
             "activeDeadlineSeconds": k.quantize_deadline_s,
             "template": {
                 "spec": {
+                    **scheduling(s),
                     "initContainers": [
                         {
                             "name": "wait-for-fetch",
@@ -278,10 +330,76 @@ def overlay_files(s: Settings) -> dict[str, str]:
     }
 
 
-def generated_files(profiles: dict[str, Settings]) -> dict[Path, str]:
+MONITORING_HEAD = f"""\
+# Optional: the {MONITORING_BASE} profile plus Prometheus scraping and queue-based autoscaling.
+# Needs the Prometheus Operator (ServiceMonitor CRD) and KEDA (ScaledObject CRD) in the cluster.
+# `make deploy ARGS=--overlay=monitoring` (or kubectl apply -k k8s/overlays/monitoring).
+"""
+
+
+def monitoring_kustomization(s: Settings) -> dict[str, Any]:
+    """The monitoring overlay: the profile overlay, the hand-written objects, the generated patch, no serve replicas."""
     return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": s.kubernetes.namespace,
+        "resources": [
+            f"../{MONITORING_BASE}",
+            "serve-servicemonitor.yaml",
+            "serve-scaledobject.yaml",
+            "allow-prometheus-networkpolicy.yaml",
+        ],
+        "labels": [
+            {
+                "pairs": {"app.kubernetes.io/part-of": "lmdeploy-kit", "app.kubernetes.io/managed-by": "kustomize"},
+                "includeSelectors": False,
+            }
+        ],
+        "patches": [
+            {"path": "from-settings.yaml"},
+            # KEDA owns spec.replicas (remove-serve-replicas.yaml says why).
+            {"path": "remove-serve-replicas.yaml", "target": {"group": "apps", "version": "v1", "kind": "Deployment", "name": SERVE}},
+        ],
+    }
+
+
+def monitoring_patches(s: Settings) -> list[dict[str, Any]]:
+    """The monitoring overlay's settings-derived fields: ServiceMonitor labels, KEDA range and query, scraper namespace."""
+    m = s.monitoring
+    monitor = _meta("ServiceMonitor", "monitoring.coreos.com/v1", SERVE)
+    monitor["metadata"]["labels"] = dict(m.service_monitor_labels)
+    scaled = _meta("ScaledObject", "keda.sh/v1alpha1", SERVE)
+    query = f'sum(lmdeploy:num_requests_waiting{{namespace="{s.kubernetes.namespace}", service="{SERVE}"}})'
+    scaled["spec"] = {
+        "minReplicaCount": m.min_replicas,
+        "maxReplicaCount": m.max_replicas,
+        "triggers": [
+            {"type": "prometheus", "metadata": {"serverAddress": m.prometheus_url, "query": query, "threshold": str(m.queue_threshold)}}
+        ],
+    }
+    scrape = _meta("NetworkPolicy", "networking.k8s.io/v1", f"{SERVE}-allow-prometheus")
+    scrape["spec"] = {
+        "ingress": [
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": m.prometheus_namespace}}}],
+                "ports": [{"port": "http", "protocol": "TCP"}],
+            }
+        ]
+    }
+    return [monitor, scaled, scrape]
+
+
+def generated_files(profiles: dict[str, Settings]) -> dict[Path, str]:
+    files = {
         OVERLAYS_DIR / name / fname: text
         for name, s in profiles.items()
         if name in OVERLAY_PROFILES
         for fname, text in overlay_files(s).items()
     }
+    if MONITORING_BASE in profiles:
+        s, head = profiles[MONITORING_BASE], f"# {HEADER}\n"
+        files[OVERLAYS_DIR / "monitoring" / "from-settings.yaml"] = (
+            head + "# The monitoring objects' settings-derived fields (settings `monitoring:`).\n" + _dump(*monitoring_patches(s))
+        )
+        files[OVERLAYS_DIR / "monitoring" / "kustomization.yaml"] = head + MONITORING_HEAD + _dump(monitoring_kustomization(s))
+    return files

@@ -6,6 +6,7 @@ lmdeploy command line or its values from here, never retyping a flag.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kit.settings import Settings
@@ -20,6 +21,8 @@ def _fmt(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return str(value)
 
 
@@ -122,7 +125,7 @@ def flat_params(s: Settings) -> dict[str, str]:
     for section, model in s:
         if section == "profile":
             continue
-        for key, value in model:
+        for key, value in model.model_dump(mode="json").items():
             out[f"KIT_{section}_{key}".upper()] = _fmt(value)
     out.update(
         KIT_FP16_PATH=s.fp16_path,

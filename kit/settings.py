@@ -8,6 +8,7 @@ reads the validated `Settings` object returned by `load_settings`.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,7 @@ DEFAULT_SETTINGS_PATH = REPO_ROOT / "settings.yaml"
 DEFAULT_PROFILE = "default"
 
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_K8S_NAME_DOTS = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]*)?$")
 
@@ -187,6 +189,27 @@ class VersionSettings(_Section):
         return v
 
 
+class Toleration(_Section):
+    """One pod toleration, as in the Pod spec (e.g. the `nvidia.com/gpu` taint of GPU node pools)."""
+
+    key: str = Field("", description="Taint key; empty with operator Exists tolerates every taint.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str = Field("", description="Taint value (operator Equal).")
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = Field("", description="Taint effect; empty = all.")
+    tolerationSeconds: int | None = Field(None, ge=0, description="NoExecute only: how long the pod stays bound.")  # noqa: N815
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
+
+_AFFINITY_KEYS = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+
+
 class KubernetesSettings(_Section):
     namespace: str = Field("lmdeploy", description="Namespace everything goes into.")
     storage_class: str = Field("", description="PVC storageClass; empty = cluster default.")
@@ -203,6 +226,27 @@ class KubernetesSettings(_Section):
     shm_size: str = Field("8Gi", description="/dev/shm size (memory-backed emptyDir).")
     startup_timeout_s: int = Field(900, ge=60, le=7200, description="How long the startupProbe allows for model load.")
     quantize_deadline_s: int = Field(7200, ge=300, le=172800, description="activeDeadlineSeconds of the quantize Job.")
+    image_pull_allowance_s: int = Field(
+        600,
+        ge=0,
+        le=7200,
+        description="Time for pulling the multi-GB runtime image, added to the startup budget for progressDeadlineSeconds.",
+    )
+    tolerations: list[Toleration] = Field(
+        [], description="Tolerations of every pod that mounts the model store (fetch, quantize, serve), e.g. for tainted GPU nodes."
+    )
+    node_selector: dict[str, str] = Field({}, description="nodeSelector of every pod that mounts the model store.")
+    affinity: dict[str, Any] = Field(
+        {}, description="Pod `affinity` (nodeAffinity, podAffinity, podAntiAffinity) of every pod that mounts the model store."
+    )
+    runtime_class_name: str = Field(
+        "", description="runtimeClassName of those pods: `nvidia` where containerd's default runtime is not NVIDIA's; empty = default."
+    )
+    priority_class_name: str = Field("", description="priorityClassName of those pods; empty = the cluster default.")
+    hub_egress_cidrs: list[str] = Field(
+        ["0.0.0.0/0"], min_length=1, description="Where the fetch Job may connect (the model hub or your proxy/mirror), as CIDRs."
+    )
+    hub_egress_ports: list[int] = Field([443], min_length=1, description="TCP ports the fetch Job may connect to on hub_egress_cidrs.")
 
     @field_validator("namespace")
     @classmethod
@@ -211,12 +255,73 @@ class KubernetesSettings(_Section):
             raise ValueError("must be a Kubernetes name (lowercase letters, digits, '-', at most 63)")
         return v
 
+    @field_validator("runtime_class_name", "priority_class_name")
+    @classmethod
+    def _optional_name(cls, v: str) -> str:
+        if v and (not _K8S_NAME_DOTS.fullmatch(v) or len(v) > 253):
+            raise ValueError("must be empty or a Kubernetes object name (lowercase letters, digits, '-', '.')")
+        return v
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(v) - _AFFINITY_KEYS
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(_AFFINITY_KEYS))}")
+        return v
+
+    @field_validator("hub_egress_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR like '0.0.0.0/0' or '10.0.0.0/8'") from None
+        return v
+
+    @field_validator("hub_egress_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= p <= 65535 for p in v):
+            raise ValueError("ports must be between 1 and 65535")
+        return v
+
     @field_validator("pvc_size", "serve_cpu", "serve_memory", "shm_size")
     @classmethod
     def _quantity(cls, v: str) -> str:
         if not _QUANTITY.fullmatch(v):
             raise ValueError("must be a Kubernetes quantity like '50Gi' or '4'")
         return v
+
+
+class MonitoringSettings(_Section):
+    """The optional `monitoring` overlay: Prometheus Operator ServiceMonitor + KEDA ScaledObject."""
+
+    service_monitor_labels: dict[str, str] = Field(
+        {"release": "kube-prometheus-stack"},
+        description="Labels of the ServiceMonitor; Prometheus picks it by them (kube-prometheus-stack: `release: <helm release>`).",
+    )
+    prometheus_namespace: str = Field("monitoring", description="Namespace of Prometheus: it may scrape the API port.")
+    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090", description="Prometheus URL KEDA queries.")
+    min_replicas: int = Field(1, ge=1, le=64, description="KEDA minReplicaCount of the serving Deployment.")
+    max_replicas: int = Field(
+        1, ge=1, le=64, description="KEDA maxReplicaCount; above 1 needs kubernetes.access_mode ReadWriteMany (replicas on several nodes)."
+    )
+    queue_threshold: int = Field(4, ge=1, le=10000, description="Scale out when more requests than this wait per replica.")
+
+    @field_validator("prometheus_namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not _K8S_NAME.fullmatch(v) or len(v) > 63:
+            raise ValueError("must be a Kubernetes name (lowercase letters, digits, '-', at most 63)")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> MonitoringSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"monitoring.min_replicas={self.min_replicas} is above monitoring.max_replicas={self.max_replicas}")
+        return self
 
 
 class ProvisionSettings(_Section):
@@ -248,6 +353,7 @@ class Settings(_Section):
     images: ImageSettings = ImageSettings()
     versions: VersionSettings = VersionSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     provision: ProvisionSettings = ProvisionSettings()
 
     @model_validator(mode="after")
@@ -264,6 +370,12 @@ class Settings(_Section):
             raise ValueError("serving.model_format=hf is rejected by the pytorch backend; allowed: empty or awq")
         if s.port == self.gradio.port:
             raise ValueError(f"serving.port and gradio.port are both {s.port}; they must differ")
+        m, k = self.monitoring, self.kubernetes
+        if m.max_replicas > 1 and k.access_mode != "ReadWriteMany":
+            raise ValueError(
+                f"monitoring.max_replicas={m.max_replicas} needs kubernetes.access_mode=ReadWriteMany: replicas on other nodes "
+                f"cannot mount a {k.access_mode} model store (Multi-Attach); set max_replicas: 1 or a ReadWriteMany storage_class"
+            )
         return self
 
     # Derived values every consumer uses (never recomputed elsewhere).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from kit.render import API_KEY_ENV, image_ref, serve_args
 from kit.settings import load_settings
 from tests.conftest import REPO
 from tests.k8s.conftest import EXTRA_OVERLAYS, OVERLAYS, PROFILE_OVERLAYS, build, profile_of
+from tests.k8s.netpol import External, Pod, Policies, workload_pods
 
 LABELS = ("name", "instance", "component", "part-of", "managed-by")
+CLIENT_LABEL = {"lmdeploy-kit/client": "true"}
 WORKLOADS = ("Deployment", "Job")
 CLUSTER_SCOPED = ("Namespace",)
 
@@ -113,7 +116,8 @@ def test_no_secret_values_in_the_manifests(docs: list[dict[str, Any]]) -> None:
         for v in env(c).values()
         if isinstance(v, dict) and "secretKeyRef" in v
     }
-    assert refs == {s.serving.api_key_secret, s.serving.hub_token_secret}
+    volumes = {v["secret"]["secretName"] for _, spec, _ in pod_specs(docs) for v in spec.get("volumes", []) if "secret" in v}
+    assert refs | volumes == {s.serving.api_key_secret, s.serving.hub_token_secret}
 
 
 def docs_profile(docs: list[dict[str, Any]]) -> str:
@@ -146,6 +150,8 @@ def test_selectors_use_name_and_component_and_match_pods(docs: list[dict[str, An
             assert any(matches(d["spec"]["selector"]["matchLabels"], p) for p in pods)
         elif d["kind"] == "NetworkPolicy":
             sel = d["spec"]["podSelector"]
+            if sel.get("matchLabels") == CLIENT_LABEL:
+                continue  # selects the user's own labelled client pods, not the kit's
             if "matchLabels" in sel:
                 assert any(matches(sel["matchLabels"], p) for p in pods), d["metadata"]["name"]
             for expr in sel.get("matchExpressions", []):
@@ -200,7 +206,7 @@ def test_job_outputs_serving_path_and_markers_agree(docs: list[dict[str, Any]]) 
     s = load_settings(profile_of(docs_profile(docs)))
     params = configmap_data(docs, "lmdeploy-params")
     deploy = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]
-    model_arg = deploy["containers"][0]["command"][3]
+    model_arg = lmdeploy_argv(deploy["containers"][0]["command"])[3]
     wait = next(c for c in deploy["initContainers"] if c["name"] == "wait-for-model")
     job_names = [d["metadata"]["name"] for d in docs if d["kind"] == "Job"]
     if s.quantization.enabled:
@@ -239,11 +245,25 @@ def test_pods_load_the_same_settings(docs: list[dict[str, Any]], tmp_path: Path)
 # ------------------------------------------------------------------------------------- the serving container
 
 
+def lmdeploy_argv(command: list[str]) -> list[str]:
+    """The part of the serving command that kit.serve hands to lmdeploy (after `--`)."""
+    assert command[:3] == ["python", "-m", "kit.serve"] and "--" in command, command[:6]
+    return command[command.index("--") + 1 :]
+
+
 def test_serve_command_is_the_settings_render(docs: list[dict[str, Any]]) -> None:
+    """The key reaches the server as a file from the Secret volume: no env var, no argument holds it."""
     s = load_settings(profile_of(docs_profile(docs)))
-    api = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]
-    assert api["command"] == serve_args(s, api_key=f"$({API_KEY_ENV})")
-    assert env(api)[API_KEY_ENV] == {"secretKeyRef": {"name": s.serving.api_key_secret, "key": "api-key"}}
+    spec = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]
+    api = spec["containers"][0]
+    assert lmdeploy_argv(api["command"]) == serve_args(s)
+    assert "--api-keys" not in api["command"] and not any("$(" in a for a in api["command"])
+    key_file = api["command"][api["command"].index("--api-key-file") + 1]
+    mount = next(m for m in api["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert mount.get("readOnly") is True and volume["secret"]["secretName"] == s.serving.api_key_secret
+    assert volume["secret"]["items"] == [{"key": "api-key", "path": key_file.removeprefix(mount["mountPath"] + "/")}]
+    assert API_KEY_ENV not in env(api)
 
 
 _PARSE = """
@@ -278,6 +298,7 @@ def lmdeploy_parse() -> list[dict[str, Any]]:
         argvs = []
         for profile in PROFILE_OVERLAYS:
             cmd = find(build(REPO / "k8s/overlays" / profile), "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]["command"]
+            cmd = lmdeploy_argv(cmd)
             assert cmd[0] == "lmdeploy"
             argvs.append(cmd[1:])
         proc = subprocess.run(
@@ -303,7 +324,7 @@ def test_serve_command_parses_with_lmdeploys_own_parser(profile: str) -> None:
     assert parsed["tool_call_parser"] == s.serving.tool_call_parser
     assert parsed["trust_remote_code"] is s.model.trust_remote_code
     assert parsed["backend"] == s.serving.backend
-    assert parsed["api_keys"] == [f"$({API_KEY_ENV})"]
+    assert parsed["api_keys"] is None, "the key goes in through kit.serve, never the command"
 
 
 def test_lmdeploy_parser_rejects_a_bad_command() -> None:
@@ -327,7 +348,10 @@ def test_serving_pod_shape(docs: list[dict[str, Any]]) -> None:
         assert p["httpGet"]["path"] == "/health" and p["periodSeconds"] * p["failureThreshold"] <= 60, probe
     assert api["lifecycle"]["preStop"]["sleep"]["seconds"] < spec["terminationGracePeriodSeconds"]
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    assert dep["spec"]["replicas"] == s.serving.replicas
+    if any(d["kind"] == "ScaledObject" for d in docs):
+        assert "replicas" not in dep["spec"], "KEDA scales this Deployment: a replicas field would reset it on every apply"
+    else:
+        assert dep["spec"]["replicas"] == s.serving.replicas
     shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": s.kubernetes.shm_size}
     assert {m["mountPath"]: m["name"] for m in api["volumeMounts"]}["/dev/shm"] == "dshm"
@@ -372,7 +396,7 @@ def test_model_store_follows_settings(docs: list[dict[str, Any]]) -> None:
 
 def test_profiles_differ_where_the_settings_do() -> None:
     """The overlays are not copies: seed serves KV int4 at 0.4, fc the fp16 model at policy 0, multi-gpu two GPUs."""
-    cmd = {p: serve_command(load_settings(p)) for p in PROFILE_OVERLAYS}
+    cmd = {p: lmdeploy_argv(serve_command(load_settings(p))) for p in PROFILE_OVERLAYS}
     assert cmd["seed"][cmd["seed"].index("--quant-policy") + 1] == "4"
     assert cmd["fc"][cmd["fc"].index("--quant-policy") + 1] == "0" and "--model-format" not in cmd["fc"]
     assert cmd["multi-gpu"][cmd["multi-gpu"].index("--tp") + 1] == "2"
@@ -423,7 +447,7 @@ def test_changed_settings_render_a_consistent_overlay(tmp_path: Path) -> None:
         (overlay / name).write_text(text)
     docs = build(overlay)
     api = find(docs, "Deployment", SERVE)["spec"]["template"]["spec"]
-    assert api["containers"][0]["command"] == serve_command(s)
+    assert api["containers"][0]["command"] == serve_command(s) and lmdeploy_argv(serve_command(s)) == serve_args(s)
     assert api["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "32Gi", "amd.com/gpu": "2"}
     assert [p["containerPort"] for p in api["containers"][0]["ports"]] == [8000]
     assert [p["port"] for p in find(docs, "Service", SERVE)["spec"]["ports"]] == [8000]
@@ -440,3 +464,200 @@ def test_changed_settings_render_a_consistent_overlay(tmp_path: Path) -> None:
     # the volume checks of the shipped overlays hold here too
     test_every_volume_mount_has_a_volume(docs)
     test_probe_and_service_ports_name_container_ports(docs)
+
+
+# ------------------------------------------------------------------------------------- scheduling (GPU clusters)
+
+SCHEDULING = {
+    "tolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoExecute", "tolerationSeconds": 300},
+    ],
+    "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z1"]}]}]
+            }
+        }
+    },
+    "runtime_class_name": "nvidia",
+    "priority_class_name": "llm-serving",
+}
+
+
+def render_tree(root: Path, overrides: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every shipped overlay rendered from settings with `overrides`, through the real kustomize, in a copy of the tree."""
+    (root / "k8s/overlays/monitoring").mkdir(parents=True)
+    (root / "k8s/base").symlink_to(REPO / "k8s/base")
+    for f in (REPO / "k8s/overlays/monitoring").iterdir():
+        shutil.copy(f, root / "k8s/overlays/monitoring" / f.name)
+    profiles = {p: load_settings(p, overrides=overrides) for p in PROFILE_OVERLAYS}
+    for rel, text in k8s_params.generated_files(profiles).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).unlink(missing_ok=True)
+        (root / rel).write_text(text)
+    return {name: build(root / "k8s/overlays" / name) for name in OVERLAYS}
+
+
+def kubernetes_validate(docs: list[dict[str, Any]], path: Path) -> None:
+    path.write_text(yaml.safe_dump_all(docs))
+    proc = subprocess.run([str(REPO / ".venv/bin/kubernetes-validate"), "--strict", "--quiet", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def mounts_model(spec: dict[str, Any]) -> bool:
+    return any(v.get("persistentVolumeClaim", {}).get("claimName") == PVC for v in spec.get("volumes", []))
+
+
+def test_scheduling_settings_reach_every_pod_on_the_model_store(tmp_path: Path) -> None:
+    """Tolerations, nodeSelector, affinity, runtimeClass and priorityClass land on fetch, quantize and serve pods."""
+    rendered = render_tree(tmp_path, {"kubernetes": SCHEDULING})
+    want = {
+        "tolerations": SCHEDULING["tolerations"],
+        "nodeSelector": SCHEDULING["node_selector"],
+        "affinity": SCHEDULING["affinity"],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "llm-serving",
+    }
+    for overlay, docs in rendered.items():
+        kubernetes_validate(docs, tmp_path / f"{overlay}.yaml")
+        on_store = {name for name, spec, _ in pod_specs(docs) if mounts_model(spec)}
+        assert {FETCH, SERVE} <= on_store, overlay
+        for name, spec, _ in pod_specs(docs):
+            if name in on_store:
+                assert {k: spec.get(k) for k in want} == want, f"{overlay}: {name}"
+            else:
+                assert not set(want) & set(spec), f"{overlay}: {name} needs no GPU node"
+
+
+def test_default_settings_set_no_scheduling_fields(docs: list[dict[str, Any]]) -> None:
+    for name, spec, _ in pod_specs(docs):
+        assert not {"tolerations", "nodeSelector", "affinity", "runtimeClassName", "priorityClassName"} & set(spec), name
+
+
+def test_containers_without_a_gpu_see_no_gpu(docs: list[dict[str, Any]]) -> None:
+    """NVIDIA_VISIBLE_DEVICES=void on every container that asks for no GPU (the CUDA base image says `all`)."""
+    gpu = load_settings(profile_of(docs_profile(docs))).kubernetes.gpu_resource
+    seen = set()
+    for name, spec, _ in pod_specs(docs):
+        for c in containers(spec):
+            wants_gpu = gpu in c["resources"].get("limits", {})
+            assert (env(c).get("NVIDIA_VISIBLE_DEVICES") == "void") is not wants_gpu, f"{name}/{c['name']}"
+            if not wants_gpu:
+                seen.add(c["name"])
+    assert {"fetch", "wait-for-model", "gradio"} <= seen
+
+
+# ------------------------------------------------------------------------------------- rollout timing
+
+# A multi-GB CUDA image on a cold node: the deadline must leave at least this beyond the model load.
+MIN_IMAGE_PULL_S = 300
+
+
+def startup_budget_s(container: dict[str, Any]) -> int:
+    """The longest a container may take to pass its startupProbe, read from the rendered probe."""
+    probe = container["startupProbe"]
+    return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_progress_deadline_covers_startup_and_image_pull(docs: list[dict[str, Any]]) -> None:
+    """`kubectl rollout status` must not fail a healthy slow start: deadline >= probe budget + image pull."""
+    dep = find(docs, "Deployment", SERVE)
+    budget = startup_budget_s(dep["spec"]["template"]["spec"]["containers"][0])
+    assert dep["spec"].get("progressDeadlineSeconds", 600) >= budget + MIN_IMAGE_PULL_S
+
+
+def test_progress_deadline_follows_a_longer_startup(tmp_path: Path) -> None:
+    docs = render_tree(tmp_path, {"kubernetes": {"startup_timeout_s": 3600}})["default"]
+    dep = find(docs, "Deployment", SERVE)
+    budget = startup_budget_s(dep["spec"]["template"]["spec"]["containers"][0])
+    assert budget >= 3600 and dep["spec"]["progressDeadlineSeconds"] >= budget + MIN_IMAGE_PULL_S
+
+
+# ------------------------------------------------------------------------------------- egress (NetworkPolicies, evaluated)
+
+HUB = External("18.160.0.10")  # an address of the hub's CDN
+DNS = Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}, {"dns": (53, "UDP"), "dns-tcp": (53, "TCP")})
+
+
+def netpol_world(docs: list[dict[str, Any]]) -> tuple[Policies, dict[str, Pod]]:
+    pods = workload_pods(docs)
+    ns = next(iter(pods.values())).namespace
+    pods["client"] = Pod("client", ns, {**CLIENT_LABEL, "app": "mine"})
+    pods["stranger"] = Pod("stranger", ns, {"app": "other"})
+    return Policies(docs), pods
+
+
+def test_egress_is_denied_unless_a_policy_allows_it(docs: list[dict[str, Any]]) -> None:
+    """serve: DNS only; Gradio and labelled clients: DNS + the API port; fetch: DNS + hub; quantize and others: nothing."""
+    s = load_settings(profile_of(docs_profile(docs)))
+    net, pods = netpol_world(docs)
+    serve, gradio, fetch = pods[SERVE], pods[GRADIO], pods[FETCH]
+    api = s.serving.port
+    assert net.connects(serve, DNS, 53, "UDP") and not net.connects(serve, HUB, 443)
+    assert not net.connects(serve, gradio, s.gradio.port)
+    for src in (gradio, pods["client"]):
+        assert net.connects(src, DNS, 53, "UDP") and net.connects(src, DNS, 53, "TCP"), src.name
+        assert net.connects(src, serve, api), src.name
+        assert not net.connects(src, serve, api + 1) and not net.connects(src, HUB, 443), src.name
+    assert net.connects(fetch, DNS, 53, "UDP") and net.connects(fetch, HUB, 443)
+    assert not net.connects(fetch, HUB, 80) and not net.connects(fetch, serve, api)
+    assert not net.connects(pods["stranger"], HUB, 443) and not net.connects(pods["stranger"], serve, api)
+    if QUANTIZE in pods:
+        quantize = pods[QUANTIZE]
+        assert not any(
+            net.connects(quantize, dst, port, proto) for dst, port, proto in [(DNS, 53, "UDP"), (HUB, 443, "TCP"), (serve, api, "TCP")]
+        )
+
+
+def test_the_evaluator_sees_the_default_deny() -> None:
+    """Guards the test above: without the default-deny policy a stranger pod reaches the hub again."""
+    docs = build(REPO / "k8s/overlays/default")
+    net, pods = netpol_world([d for d in docs if d["metadata"]["name"] != "lmdeploy-default-deny-egress"])
+    assert net.connects(pods["stranger"], HUB, 443) and net.connects(pods[QUANTIZE], HUB, 443)
+    net, pods = netpol_world(docs)
+    assert not net.connects(pods["stranger"], HUB, 443)
+
+
+def test_fetch_egress_follows_the_hub_settings(tmp_path: Path) -> None:
+    """A proxy/mirror: only its CIDR and port stay open to fetch; the public hub closes."""
+    overrides = {"kubernetes": {"hub_egress_cidrs": ["10.20.0.0/16"], "hub_egress_ports": [3128]}}
+    for overlay, docs in render_tree(tmp_path, overrides).items():
+        net, pods = netpol_world(docs)
+        fetch = pods[FETCH]
+        assert net.connects(fetch, External("10.20.3.4"), 3128), overlay
+        assert not net.connects(fetch, External("10.20.3.4"), 443) and not net.connects(fetch, HUB, 443), overlay
+        assert not net.connects(pods[SERVE], External("10.20.3.4"), 3128), overlay
+
+
+def test_prometheus_may_scrape_the_api_in_the_monitoring_overlay() -> None:
+    docs = build(REPO / "k8s/overlays/monitoring")
+    s = load_settings("default")
+    net, pods = netpol_world(docs)
+    prometheus = Pod("prometheus", s.monitoring.prometheus_namespace, {"app.kubernetes.io/name": "prometheus"})
+    assert net.connects(prometheus, pods[SERVE], s.serving.port)
+    assert not net.connects(Pod("other", "default", {}), pods[SERVE], s.serving.port)
+
+
+# ------------------------------------------------------------------------------------- monitoring overlay from settings
+
+
+def test_monitoring_overlay_follows_the_settings(tmp_path: Path) -> None:
+    """ServiceMonitor labels (kube-prometheus-stack selects on `release`), KEDA range, namespace; no replicas field."""
+    overrides = {
+        "kubernetes": {"namespace": "llm", "access_mode": "ReadWriteMany"},
+        "monitoring": {"service_monitor_labels": {"release": "prom"}, "min_replicas": 2, "max_replicas": 6, "prometheus_namespace": "obs"},
+    }
+    docs = render_tree(tmp_path, overrides)["monitoring"]
+    kubernetes_validate(docs, tmp_path / "monitoring.yaml")
+    sm = find(docs, "ServiceMonitor", SERVE)
+    assert sm["metadata"]["labels"]["release"] == "prom" and sm["metadata"]["namespace"] == "llm"
+    so = find(docs, "ScaledObject", SERVE)
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 6)
+    assert 'namespace="llm"' in so["spec"]["triggers"][0]["metadata"]["query"]
+    assert "replicas" not in find(docs, "Deployment", SERVE)["spec"]
+    assert find(docs, "PersistentVolumeClaim", PVC)["spec"]["accessModes"] == ["ReadWriteMany"]
+    net, pods = netpol_world(docs)
+    assert net.connects(Pod("prometheus", "obs", {}), pods[SERVE], 23333)
+    assert not net.connects(Pod("prometheus", "monitoring", {}), pods[SERVE], 23333)
