@@ -1,0 +1,77 @@
+"""When AWQ pays: `make plan --target-sessions N --context C` weighs every weights x KV choice, and the
+measured figures it uses (kit/data/measured.json) are the benchmark's own numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from kit import exitcodes
+from kit.plan import choices, main
+from kit.settings import REPO_ROOT
+
+TM_RESULTS = REPO_ROOT / "docs" / "benchmarks" / "turbomind" / "results.json"
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    rc = main(["--gpu", "h200", "--json", *argv])
+    out = capsys.readouterr().out
+    assert rc == exitcodes.OK
+    return json.loads(out)["choices"]
+
+
+def by_label(report: dict) -> dict[str, dict]:
+    return {c["label"]: c for c in report["choices"]}
+
+
+def test_fp16_weights_win_while_they_hold_the_sessions(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = plan_json(capsys, "--target-sessions", "256", "--context", "2048")
+    assert rep["pick"] == "fp16+kv0" and "AWQ would decode one stream at 0.55x" in rep["reason"]
+    c = by_label(rep)
+    assert c["awq+kv0"]["decode_batch1_tok_s"] < c["fp16+kv0"]["decode_batch1_tok_s"]  # the cost of AWQ at batch 1
+    assert c["awq+kv0"]["kv_tokens"] > c["fp16+kv0"]["kv_tokens"]  # its gain: smaller weights, more KV room
+    assert c["awq+kv4"]["kv_tokens"] > 3.5 * c["awq+kv0"]["kv_tokens"]
+
+
+def test_kv_quantization_comes_in_when_fp16_kv_cannot_hold_them(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = plan_json(capsys, "--target-sessions", "1000", "--context", "2048")
+    c = by_label(rep)
+    assert not c["fp16+kv0"]["fits"] and not c["awq+kv0"]["fits"] and c["fp16+kv8"]["fits"]
+    assert rep["pick"] == "fp16+kv8"
+
+
+def test_nothing_fits_names_the_way_out(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = plan_json(capsys, "--target-sessions", "50000", "--context", "8192")
+    assert not any(c["fits"] for c in rep["choices"])
+    assert rep["pick"] == "awq+kv4" and "no choice holds 50000 x 8192" in rep["reason"] and "replicas" in rep["reason"]
+
+
+def test_table_names_the_measurement_and_the_pick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--gpu", "h200", "--target-sessions", "256", "--context", "2048"]) == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "measured on: docs/benchmarks/turbomind/results.json" in out
+    assert "> fp16+kv0" in out and "pick fp16+kv0 (quantization.enabled=false, serving.quant_policy=0)" in out
+
+
+def test_unknown_backend_measurement_leaves_speeds_empty(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(choices, "measurements", lambda: [])
+    rep = plan_json(capsys, "--target-sessions", "8", "--context", "1024")
+    assert rep["measured_on"] is None and all(c["decode_batch1_tok_s"] is None for c in rep["choices"])
+    assert rep["pick"] == "fp16+kv0"  # without speeds: the least lossy choice that fits
+
+
+def test_measured_data_is_the_turbomind_benchmarks_own_numbers() -> None:
+    """kit/data/measured.json (consumer) against docs/benchmarks/turbomind/results.json (producer)."""
+    results = json.loads(TM_RESULTS.read_text())
+    entry = next(m for m in choices.measurements() if m["backend"] == "turbomind")
+    cfgs = results["capacity"]["configs"]
+    assert entry["gpu"] == results["environment"]["gpu"]
+    assert entry["decode_batch1_tok_s"] == {
+        "fp16": statistics.median(cfgs["fp16"]["batch1"]["decode_tok_s_all"]),
+        "awq": statistics.median(cfgs["awq-kv4"]["batch1"]["decode_tok_s_all"]),
+    }
+    load = entry["capacity_load"]
+    assert load["streams"] == results["capacity"]["load"]["requests"]
+    assert load["tok_s"] == {"fp16+kv0": cfgs["fp16"]["load"]["tok_s"], "awq+kv4": cfgs["awq-kv4"]["load"]["tok_s"]}
