@@ -43,7 +43,8 @@ from typing import Any
 import yaml
 
 from kit import exitcodes
-from kit.k8s_params import FETCH, OVERLAYS_DIR, QUANTIZE, SERVE
+from kit.deploy_plan import deploy_steps
+from kit.k8s_params import OVERLAYS_DIR, SERVE
 from kit.logs import add_verbosity, setup_logging
 from kit.rehearse.kubelet import (
     Host,
@@ -58,7 +59,7 @@ from kit.rehearse.kubelet import (
     stop_pod,
     wait_probe,
 )
-from kit.settings import REPO_ROOT
+from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings
 
 log = logging.getLogger("kit.rehearse")
 
@@ -93,20 +94,38 @@ def needs_gpu(lines: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------- order
 
 
-def deploy_order(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The pod-owning objects in the order `kit.cluster deploy` applies and waits for them.
+def deploy_order(docs: list[dict[str, Any]], settings: Settings) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """kit.cluster deploy's own steps (kit.deploy_plan.deploy_steps): the pods to rehearse in order.
 
-    Jobs (fetch, then quantize), each to completion, then the serving Deployment: mirrors
-    kit.cluster.cmd_deploy. Returns (objects to rehearse, notes on what is not rehearsed).
+    Returns (Jobs and the serving Deployment in deploy order, Secrets the deploy checks for, notes on
+    what is not rehearsed). Every Job runs: the entrypoints skip finished work themselves.
     """
-    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    order = [named[k] for k in (("Job", FETCH), ("Job", QUANTIZE), ("Deployment", SERVE)) if k in named]
-    skipped = [
-        f"{d['kind'].lower()}/{d['metadata']['name']}: not rehearsed (not on the model path)"
-        for d in docs
-        if d["kind"] in ("Job", "Deployment", "StatefulSet", "DaemonSet") and d not in order
-    ]
-    return order, skipped
+    order: list[dict[str, Any]] = []
+    secrets: list[str] = []
+    notes: list[str] = []
+    for step in deploy_steps(settings, docs):
+        if step.action == "secrets":
+            secrets += step.secrets
+        elif step.action == "job":
+            order.append(step.objects[0])
+        elif step.action == "rollout":
+            dep = step.objects[0]
+            if dep["metadata"]["name"] == SERVE:
+                order.append(dep)
+            else:
+                notes.append(f"{dep['kind'].lower()}/{dep['metadata']['name']}: not rehearsed (not on the model path)")
+    return order, secrets, notes
+
+
+def rendered_settings(text: str, workdir: Path) -> Settings:
+    """The Settings the pods load from the mounted settings.yaml (as rendered, before overrides)."""
+    path = workdir / "rendered-settings.yaml"
+    path.write_text(text)
+    profiles = list((yaml.safe_load(text) or {}).get("profiles") or {})
+    try:
+        return load_settings(profiles[0] if profiles else None, path)
+    except SettingsError as exc:
+        raise UsageError(f"the rendered settings.yaml does not load: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -280,9 +299,8 @@ class Rehearsal:
         args = self.args
         cms = config_maps(self.docs)
         settings_cm = settings_map(cms)
-        resolved = yaml.safe_load(cms[settings_cm]["settings.yaml"]) or {}
-        api_key_secret = (resolved.get("defaults") or {}).get("serving", {}).get("api_key_secret", "lmdeploy-api-key")
-        values, secrets_file = load_secrets(args.secrets, api_key_secret, self.workdir)
+        self.settings = rendered_settings(cms[settings_cm]["settings.yaml"], self.workdir)
+        values, secrets_file = load_secrets(args.secrets, self.settings.serving.api_key_secret, self.workdir)
         self.report["secrets_file"] = str(secrets_file)
         label_of = {v: f"{name}/{key}" for name, kv in values.items() for key, v in kv.items() if v}
 
@@ -451,9 +469,12 @@ class Rehearsal:
     def run(self) -> int:
         host, watch = self.setup()
         rt = Runtime(host)
-        order, skipped = deploy_order(self.docs)
+        order, needed, skipped = deploy_order(self.docs, self.settings)
         for note in skipped:
             self.say(note)
+        missing = [name for name in needed if name not in host.secrets]
+        if missing:
+            raise UsageError(f"Secret {missing[0]} is not in the secrets file {self.report['secrets_file']} (make deploy stops here too)")
         self.report["skipped"] = skipped
         self.report["order"] = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in order]
         self.say("order: " + " -> ".join(self.report["order"]))
