@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kit import exitcodes, markers
-from kit.logs import add_verbosity, setup_logging
-from kit.settings import Settings, SettingsError, deep_merge, load_settings, parse_override
+from kit import entry, exitcodes, markers
+from kit.entry import SETTINGS_ENV_HELP, KitError, add_settings_options
+from kit.entry import settings_from as settings_from  # re-exported for the jobs
 
 log = logging.getLogger("jobs")
 
@@ -33,52 +33,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 8 << 20
 
 
-class JobError(Exception):
+class JobError(KitError):
     """A known failure: printed as one line, exit code attached (FAILED unless told)."""
 
-    def __init__(self, message: str, code: int = exitcodes.FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
-
-def add_settings_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="settings profile (env PROFILE, default 'default')")
-    parser.add_argument("--settings", help="settings file (env KIT_SETTINGS, default settings.yaml)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting (repeatable), e.g. quantization.device=cpu",
-    )
-    add_verbosity(parser)
-
-
-ENV_HELP = "environment: PROFILE (settings profile), KIT_SETTINGS (settings file)"
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        overrides = deep_merge(overrides, parse_override(item))
-    return load_settings(args.profile, Path(args.settings) if args.settings else None, overrides)
+# The shared settings options, settings builder and error mapper (kit/entry.py).
+add_settings_args = add_settings_options
+ENV_HELP = SETTINGS_ENV_HELP
 
 
 def run(name: str, body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse, set up logging, run `body`; known errors become one stderr line and an exit code."""
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    try:
-        return body(args)
-    except SettingsError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
-    except JobError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return exitcodes.FAILED
+    return entry.run(parser, body, argv, prog=name)
 
 
 class Progress:
