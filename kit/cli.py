@@ -15,19 +15,13 @@ from typing import Any
 import yaml
 
 from kit import exitcodes
-from kit.logs import add_verbosity, setup_logging
-from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings, parse_override, profile_names
+from kit.entry import run, settings_from, settings_parser
+from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings, profile_names
 
 log = logging.getLogger("kit")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    from kit.settings import deep_merge
-
-    for item in getattr(args, "set", None) or []:
-        overrides = deep_merge(overrides, parse_override(item))
-    return load_settings(args.profile, Path(args.settings) if args.settings else None, overrides)
+_settings = settings_from
 
 
 def _get(s: Settings, dotted: str) -> Any:
@@ -110,35 +104,21 @@ def cmd_table(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _common_options(default: Any = None) -> argparse.ArgumentParser:
-    """--profile, --settings, -v, -q: accepted before and after the subcommand."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--profile", default=default, help="settings profile (env PROFILE; default: default)")
-    p.add_argument("--settings", default=default, help="settings file (env KIT_SETTINGS; default: settings.yaml)")
-    if default is None:
-        add_verbosity(p)
-    else:
-        p.add_argument("-v", "--verbose", action="count", default=default, help="more log output (repeatable)")
-        p.add_argument("-q", "--quiet", action="count", default=default, help="less log output (repeatable)")
-    return p
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kit",
         description=__doc__,
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[_common_options()],
+        parents=[settings_parser()],
     )
     sub = parser.add_subparsers(dest="command", required=True)
     # The same options after the subcommand (`show --profile seed`); SUPPRESS keeps a value given before it.
-    after = _common_options(default=argparse.SUPPRESS)
+    after = settings_parser(suppress=True)
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, parents=[after], allow_abbrev=False)
         p.set_defaults(func=func)
-        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
         return p
 
     p = add("show", cmd_show, "print the effective settings of a profile")
@@ -158,14 +138,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    try:
-        return args.func(args)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
-    except Exception:
-        log.debug("unexpected error", exc_info=True)
-        raise
+    return run(build_parser(), lambda args: args.func(args), argv)
