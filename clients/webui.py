@@ -1,8 +1,10 @@
 """`python -m clients.webui`: a Gradio chat page for the served model (lmdeploy no longer ships one).
 
-Streams replies from the api_server, shows which model and quantization it talks to, and shows
-server errors in the chat. The API key stays on the server side of the page. Listens on
-settings gradio.port; on 0.0.0.0 inside a container or pod, on 127.0.0.1 elsewhere (--host).
+Streams replies from the api_server and shows server errors in the chat. Its header shows the
+model the server reports (/v1/models) and, labelled as configured, the quantization of the
+profile or pod env: lmdeploy's API does not report its weights or KV-cache format. The API key
+stays on the server side of the page. Listens on settings gradio.port; on 0.0.0.0 in a
+Kubernetes pod (KUBERNETES_SERVICE_HOST), on 127.0.0.1 elsewhere (--host / GRADIO_SERVER_NAME).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import html
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clients._common import (
@@ -53,6 +55,18 @@ def quant_summary(settings: Settings | None) -> str:
     return f"{weights}, {kv} (quant_policy {policy})" + (f", {backend} backend" if backend else "")
 
 
+def configured_label(settings: Settings | None) -> str:
+    """Where the quantization shown comes from: the pod's env (params.env) or the settings profile."""
+    if os.environ.get("KIT_SERVING_QUANT_POLICY"):
+        return "configured (this pod's env)"
+    return f"configured profile `{settings.profile}`" if settings else "configured"
+
+
+def _quiet_gradio_deprecations() -> None:
+    """gradio 6's queue reads starlette's deprecated HTTP_422_UNPROCESSABLE_ENTITY on every request; not ours to fix."""
+    warnings.filterwarnings("ignore", message="'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated", module="gradio")
+
+
 def _text(content: Any) -> str:
     """Gradio message content (a string, or a list of parts in Gradio 6) -> plain text."""
     if isinstance(content, str):
@@ -80,7 +94,8 @@ def to_messages(message: Any, history: list[Any], system: str) -> list[dict[str,
 def build_app(conn: Connection, settings: Settings | None, title: str) -> gr.Blocks:
     import gradio as gr
 
-    quant = quant_summary(settings)
+    _quiet_gradio_deprecations()
+    quant = f"{configured_label(settings)}: {quant_summary(settings)}"
 
     def status() -> str:
         try:
@@ -88,7 +103,7 @@ def build_app(conn: Connection, settings: Settings | None, title: str) -> gr.Blo
             model = discover_model(make_client(conn), conn)
         except Exception as exc:
             return f"⚠️ {as_client_error(exc, conn)}  \n{quant}"
-        return f"**model** `{model}` at `{conn.base_url}`  \n{quant}"
+        return f"**model** `{model}` at `{conn.base_url}` (reported by the server)  \n{quant}"
 
     def respond(message: Any, history: list[Any], system: str, temperature: float, max_tokens: float) -> Iterator[str]:
         text = ""
@@ -130,8 +145,12 @@ def _env_port() -> str | None:
     return os.environ.get("KIT_GRADIO_PORT") or os.environ.get("GRADIO_SERVER_PORT")
 
 
-def _in_container() -> bool:
-    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists() or "KUBERNETES_SERVICE_HOST" in os.environ
+def listen_host(flag: str | None) -> str:
+    """--host, then GRADIO_SERVER_NAME; else 0.0.0.0 in a Kubernetes pod (it sets KUBERNETES_SERVICE_HOST in
+    every pod) and 127.0.0.1 anywhere else, `docker run` included: a page holding the API key stays local unless told."""
+    if flag or os.environ.get("GRADIO_SERVER_NAME"):
+        return flag or os.environ["GRADIO_SERVER_NAME"]
+    return "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"  # noqa: S104 - a pod listens on its IP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog=CONNECTION_ENV_HELP
         + "  KIT_GRADIO_PORT       page port (also GRADIO_SERVER_PORT; default: settings gradio.port)\n"
-        + "  GRADIO_SERVER_NAME    listen address (default: 0.0.0.0 in a container, else 127.0.0.1)\n"
+        + "  GRADIO_SERVER_NAME    listen address (default: 0.0.0.0 in a Kubernetes pod, else 127.0.0.1)\n"
         + "  KIT_MODEL_FORMAT, KIT_SERVING_QUANT_POLICY, KIT_SERVING_BACKEND  quantization shown on the page\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", help="listen address (default: 0.0.0.0 in a container, else 127.0.0.1)")
+    p.add_argument("--host", help="listen address (default: $GRADIO_SERVER_NAME; 0.0.0.0 in a Kubernetes pod, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="page port (default: $KIT_GRADIO_PORT, $GRADIO_SERVER_PORT or settings gradio.port)")
     p.add_argument("--title", help="page title (default: settings gradio.title)")
     add_connection_args(p)
@@ -163,17 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         except ClientError as exc:
             if args.port is None and not _env_port():
                 raise
-            log.warning("settings not loaded (%s); the page shows no quantization details", exc)
+            # Normal in a pod: params.env (KIT_*) carries what the page shows.
+            log.info("settings not loaded (%s); quantization details come from KIT_* env only", exc)
             settings = None
     except ClientError as exc:
         log.error("%s", exc)
         return exc.code
     port = args.port or int(_env_port() or settings.gradio.port)  # type: ignore[union-attr]
-    default_host = "0.0.0.0" if _in_container() else "127.0.0.1"  # noqa: S104 - a pod must listen on its IP
-    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or default_host
+    host = listen_host(args.host)
     title = args.title or (settings.gradio.title if settings else "lmdeploy chat")
     app = build_app(conn, settings, title)
-    log.warning("Gradio page on http://%s:%d talking to %s", host, port, conn.base_url)
+    if not args.quiet:
+        print(f"Gradio page on http://{host}:{port} talking to {conn.base_url}", file=sys.stderr, flush=True)
     try:
         app.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
     except OSError as exc:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from clients._common import Connection
-from clients.webui import build_app, quant_summary, to_messages
+from clients.webui import build_app, configured_label, listen_host, quant_summary, to_messages
 from kit.settings import load_settings
 from tests.conftest import require_tool
 from tests.support.net import free_port, wait_for_page
@@ -147,7 +147,8 @@ def test_page_in_headless_chromium_chats_through_the_replay_server(recorded, art
     shot = artifacts_dir / "webui-chat.png"
     shot.write_bytes(png)
     assert PROMPT in text and expected in text
-    assert "AWQ W4A16 weights, int8 KV cache (quant_policy 8)" in text  # from settings.yaml (default profile)
+    assert "configured profile default: AWQ W4A16 weights, int8 KV cache (quant_policy 8)" in text  # settings.yaml, labelled
+    assert f"{model} at" in text and "(reported by the server)" in text
     assert srv.misses == []
     _assert_not_blank(shot)
 
@@ -213,10 +214,9 @@ def test_module_entrypoint_runs_like_in_the_pod(recorded):
     port = free_port()
     with ReplayServer(recorded) as srv:
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in ("GRADIO_SERVER_NAME", "KUBERNETES_SERVICE_HOST")},
             "OPENAI_BASE_URL": srv.base_url,
             "KIT_SETTINGS": "/nonexistent/settings.yaml",
-            "GRADIO_SERVER_NAME": "127.0.0.1",
             "GRADIO_SERVER_PORT": str(port),
             "GRADIO_ANALYTICS_ENABLED": "False",
             "KIT_MODEL_FORMAT": "awq",
@@ -227,18 +227,23 @@ def test_module_entrypoint_runs_like_in_the_pod(recorded):
             [sys.executable, "-m", "clients.webui"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         try:
-            html = wait_for_page(f"http://127.0.0.1:{port}/", lambda: proc.poll() is None, 90)
-            if html is None:
+            page = wait_for_page(f"http://127.0.0.1:{port}/", lambda: proc.poll() is None, 90)
+            if page is None:
                 raise AssertionError(f"page never came up:\n{proc.stdout.read() if proc.poll() is not None else ''}")
-            status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/status")
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            status = client.predict(api_name="/status")
+            reply = client.predict(PROMPT, "", 0.0, 32, api_name="/chat")
         finally:
             proc.terminate()
             out, _ = proc.communicate(timeout=20)
-    assert "lmdeploy chat" in html
-    assert "AWQ W4A16 weights, int4 KV cache (quant_policy 4), pytorch backend" in status
+    assert "lmdeploy chat" in page
+    assert "configured (this pod's env): AWQ W4A16 weights, int4 KV cache (quant_policy 4), pytorch backend" in status
     assert recorded_model(recorded) in status
-    assert "settings not loaded" in out
+    assert html.unescape(reply) == streamed_text(find_chat(recorded, stream=True, last=PROMPT))
+    # Not in a Kubernetes pod and nothing said otherwise: local only, even inside a Docker container.
     assert f"Gradio page on http://127.0.0.1:{port} talking to {srv.base_url}" in out
+    # A normal start and request log no warnings: no WARNING records, no library deprecation noise.
+    assert "WARNING" not in out and "Warning" not in out, out
 
 
 def test_history_goes_back_to_the_model_verbatim():
@@ -249,3 +254,22 @@ def test_history_goes_back_to_the_model_verbatim():
     msgs = to_messages("next", history, "")
     assert msgs[1] == {"role": "assistant", "content": "<|action_start|> 3 < 5"}
     assert msgs[0]["content"] == "a <b>" and msgs[-1] == {"role": "user", "content": "next"}
+
+
+def test_listen_address_is_local_unless_in_a_pod_or_told(monkeypatch):
+    """Kubernetes' own env decides, not /.dockerenv (a plain `docker run` stays on 127.0.0.1); flags and env win."""
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert listen_host(None) == "127.0.0.1"  # this test machine may well be a container: still local
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert listen_host(None) == "0.0.0.0"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.2")
+    assert listen_host(None) == "127.0.0.2" and listen_host("::1") == "::1"
+
+
+def test_quantization_is_labelled_as_configured(monkeypatch):
+    """lmdeploy's API does not report its quantization: the page says where its words come from."""
+    assert configured_label(load_settings("seed")) == "configured profile `seed`"
+    assert configured_label(None) == "configured"
+    monkeypatch.setenv("KIT_SERVING_QUANT_POLICY", "4")
+    assert configured_label(load_settings("seed")) == "configured (this pod's env)"
