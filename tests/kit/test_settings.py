@@ -45,6 +45,19 @@ BAD_SETTINGS = [
     ("gradio.port=23333", "gradio.port", "must differ"),
     ("quantization.enabled=false;serving.model_format=awq", "serving.model_format=awq", "quantization.enabled=true"),
     ("serving.backend=pytorch;serving.model_format=hf", "serving.model_format=hf", "rejected by the pytorch backend"),
+    # KEDA replicas on other nodes cannot mount a ReadWriteOnce store: refused before anything is applied.
+    ("monitoring.max_replicas=2", "monitoring.max_replicas=2", "kubernetes.access_mode=ReadWriteMany"),
+    ("monitoring.min_replicas=3", "monitoring.min_replicas=3", "above monitoring.max_replicas"),
+    ("monitoring.prometheus_namespace=Mon", "monitoring.prometheus_namespace", "Kubernetes name"),
+    ("kubernetes.runtime_class_name=NVIDIA", "kubernetes.runtime_class_name", "Kubernetes object name"),
+    ("kubernetes.priority_class_name=high prio", "kubernetes.priority_class_name", "Kubernetes object name"),
+    ("kubernetes.hub_egress_cidrs=[hub.example.org]", "kubernetes.hub_egress_cidrs", "is not a CIDR"),
+    ("kubernetes.hub_egress_ports=[0]", "kubernetes.hub_egress_ports", "between 1 and 65535"),
+    ("kubernetes.affinity={nodeAfinity: {}}", "kubernetes.affinity", "allowed: nodeAffinity"),
+    ("kubernetes.tolerations=[{operator: Exists, value: x}]", "kubernetes.tolerations", "takes no value"),
+    ("kubernetes.tolerations=[{key: a, effect: NoSchedule, tolerationSeconds: 5}]", "kubernetes.tolerations", "needs effect NoExecute"),
+    ("kubernetes.tolerations=[{key: a, efect: NoSchedule}]", "kubernetes.tolerations", "unknown key"),
+    ("kubernetes.node_selector=[a]", "kubernetes.node_selector", "valid dictionary"),
 ]
 
 
@@ -75,7 +88,7 @@ def test_bad_setting_is_rejected_naming_field(override: str, field: str, allowed
     assert field in err, err
     assert allowed in err, err
     value = override.split("=", 1)[1]
-    if value and ";" not in override and "=" not in field and "must differ" not in allowed:
+    if value and value[0] not in "[{" and ";" not in override and "=" not in field and "must differ" not in allowed:
         assert value in err, err
 
 
@@ -182,3 +195,35 @@ def test_get_prints_one_value(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--profile", "seed", "get", "serving.quant_policy"]) == exitcodes.OK
     assert capsys.readouterr().out.strip() == "4"
     assert cli.main(["get", "serving.nope"]) == exitcodes.USAGE
+
+
+def test_autoscaling_above_one_replica_with_a_shared_store_is_accepted() -> None:
+    s = load_settings(overrides={"monitoring": {"max_replicas": 4}, "kubernetes": {"access_mode": "ReadWriteMany"}})
+    assert (s.monitoring.max_replicas, s.kubernetes.access_mode) == (4, "ReadWriteMany")
+
+
+def test_list_and_mapping_settings_reach_params_as_json() -> None:
+    """params.env / the Ansible env file carry lists and mappings as JSON, not Python reprs."""
+    import json
+
+    tol = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    params = flat_params(load_settings(overrides={"kubernetes": {"tolerations": [tol]}}))
+    assert json.loads(params["KIT_KUBERNETES_TOLERATIONS"]) == [{**tol, "value": "", "tolerationSeconds": None}]
+    assert json.loads(params["KIT_MONITORING_SERVICE_MONITOR_LABELS"]) == {"release": "kube-prometheus-stack"}
+
+
+def test_deploy_refuses_autoscaling_on_a_single_node_store_before_touching_the_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kit.cluster deploy` validates the settings first: no kubectl is ever built for a refused store."""
+    from kit import cluster
+
+    raw = yaml.safe_load((REPO / "settings.yaml").read_text())
+    raw["defaults"]["monitoring"]["max_replicas"] = 3
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    touched: list[object] = []
+    monkeypatch.setattr(cluster, "Kubectl", lambda *a, **kw: touched.append((a, kw)))
+    rc = cluster.main(["--settings", str(path), "--overlay", "monitoring", "deploy"])
+    assert rc == exitcodes.USAGE and not touched
+    assert "monitoring.max_replicas=3 needs kubernetes.access_mode=ReadWriteMany" in capsys.readouterr().err
