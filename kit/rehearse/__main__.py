@@ -441,10 +441,10 @@ class Rehearsal:
     def after_ready(self, rt: Runtime, run: Any, c: dict[str, Any], step: dict[str, Any]) -> None:
         port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "http"), None)
         base = f"http://127.0.0.1:{port}/v1"
-        key_env = next((e["name"] for e in c.get("env") or [] if "secretKeyRef" in (e.get("valueFrom") or {})), None)
         env = {**os.environ, "OPENAI_BASE_URL": base}
-        if key_env and key_env in run.env:
-            env["OPENAI_API_KEY"] = run.env[key_env]
+        key = (rt.host.secrets.get(self.settings.serving.api_key_secret) or {}).get("api-key")
+        if key:
+            env["OPENAI_API_KEY"] = key  # a client pod would mount the same Secret
         self.say(f"serving at {base} (API key: secrets file {self.report['secrets_file']})")
         step["then"] = []
         for cmd in self.args.then:
@@ -457,6 +457,14 @@ class Rehearsal:
             step["then"].append(
                 {"command": cmd, "exit_code": proc.returncode, "seconds": round(time.monotonic() - began, 2), "output": out[-4000:]}
             )
+        for cmd in self.args.exec:
+            self.say(f"exec in {run.name}: {cmd}")
+            began = time.monotonic()
+            code, out = rt.exec_in(run, ["sh", "-c", cmd], 120)
+            out = rt.host.redact(out)
+            for line in out.splitlines()[-40:]:
+                self.echo(f"  > {line[:300]}")
+            step["then"].append({"exec": cmd, "exit_code": code, "seconds": round(time.monotonic() - began, 2), "output": out[-4000:]})
         if self.args.hold_s:
             self.say(f"holding the server for {self.args.hold_s:.0f} s")
             end = time.monotonic() + self.args.hold_s
@@ -518,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kit.rehearse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default=os.environ.get("PROFILE") or "default", help="overlay k8s/overlays/PROFILE (env PROFILE)")
     p.add_argument("--overlay", help="an overlay folder instead of the profile's")
+    p.add_argument("--rendered", type=Path, help="objects already rendered by `kubectl kustomize` (a machine without kubectl)")
     p.add_argument("--secrets", type=Path, help="YAML {secret-name: {key: value}}; default: a generated API key (written to the workdir)")
     p.add_argument("--model-source", help="local model folder the fetch Job fetches (pre-loaded onto the model store)")
     p.add_argument("--until", choices=UNTIL, help="serve-started (default without a GPU) or ready (default with one)")
@@ -536,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay of a failed Job pod, doubling (kube: 10 s)")
     p.add_argument("--no-retry", action="store_true", help="fail a Job at its first failed pod")
     p.add_argument("--then", action="append", default=[], metavar="CMD", help="shell command to run against the ready server (repeatable)")
+    p.add_argument(
+        "--exec",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="`sh -c CMD` inside the ready serving container, as kubectl exec (repeatable)",
+    )
     p.add_argument("--hold-s", type=float, default=0.0, help="keep the ready server up this long before stopping it")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     add_verbosity(p)
@@ -548,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.until is None:
         args.until = "ready" if has_gpu() else "serve-started"
     overlay = Path(args.overlay) if args.overlay else REPO_ROOT / OVERLAYS_DIR / args.profile
-    if not (overlay / "kustomization.yaml").is_file():
+    if args.rendered is not None and not args.rendered.is_file():
+        print(f"error: --rendered {args.rendered} does not exist", file=sys.stderr)
+        return exitcodes.USAGE
+    if args.rendered is None and not (overlay / "kustomization.yaml").is_file():
         print(f"error: no overlay at {overlay} (profiles: default, seed, fc, multi-gpu)", file=sys.stderr)
         return exitcodes.USAGE
     if args.model_source and not (Path(args.model_source) / "config.json").is_file():
@@ -558,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
     try:
-        docs = render(overlay)
+        docs = [d for d in yaml.safe_load_all(args.rendered.read_text()) if d] if args.rendered else render(overlay)
         reh = Rehearsal(args, docs, workdir)
         code = reh.run()
     except UsageError as exc:

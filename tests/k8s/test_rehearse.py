@@ -327,6 +327,50 @@ def test_a_missing_secret_key_fails_before_the_container_starts(tiny_model: Path
     assert report["steps"][-1]["serve_started"] is False
 
 
+HEALTH_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+print("listening", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@needs_root
+def test_ready_path_probes_then_exec_prestop_and_sigterm(tiny_model: Path, tmp_path: Path) -> None:
+    """The `--until ready` mechanics on the CPU: the serving container swapped for a tiny /health server."""
+    from tests.support.net import free_port
+
+    port = free_port()
+    c = "/spec/template/spec/containers/0"
+    ops = [
+        {"op": "replace", "path": f"{c}/command", "value": ["python", "-c", HEALTH_SERVER, str(port)]},
+        {"op": "replace", "path": f"{c}/ports/0/containerPort", "value": port},
+        {"op": "replace", "path": f"{c}/startupProbe/periodSeconds", "value": 1},
+        {"op": "replace", "path": f"{c}/lifecycle/preStop/sleep/seconds", "value": 1},
+    ]
+    overlay = _overlay_with_patch(
+        tmp_path, "fc", [{"target": {"kind": "Deployment", "name": "lmdeploy-serve"}, "patch": yaml.safe_dump(ops)}]
+    )
+    probe = "import os, urllib.request as u; print(u.urlopen(os.environ['OPENAI_BASE_URL'][:-3] + '/health').status)"
+    extra = ["--overlay", str(overlay), "--model-source", str(tiny_model), "--until", "ready"]
+    extra += ["--then", f'{sys.executable} -c "{probe}"', "--exec", "id -u; test -w /etc/lmdeploy-kit || echo settings-ro"]
+    code, report, err = rehearse("fc", tmp_path / "run", *extra)
+    assert code == 0 and report["failure"] is None, err[-2000:]
+    serve = report["steps"][-1]
+    assert serve["outcome"] == "ready" and 0 < serve["startup_probe_passed_s"] <= serve["ready_s"] < 30
+    then, exe = serve["then"]
+    assert (then["exit_code"], then["output"]) == (0, "200")
+    assert (exe["exit_code"], exe["output"].split()) == (0, ["10001", "settings-ro"])
+    pod = serve["pods"][0]
+    assert pod["notes"] == ["preStop of api-server: sleep 1 s"]
+    assert pod["containers"][0]["exit_code"] == -15  # SIGTERM ended it within the grace period
+
+
 def test_cli_usage_errors(tmp_path: Path) -> None:
     for argv in (["--profile", "nope"], ["--model-source", str(tmp_path)]):
         proc = subprocess.run([sys.executable, "-m", "kit.rehearse", *argv], capture_output=True, text=True, cwd=REPO, check=False)
