@@ -36,9 +36,10 @@ import yaml
 from kit import deploy_plan as plan
 from kit import exitcodes, markers
 from kit.deploy_plan import deploy_steps  # noqa: F401  (the ordered steps; the pod rehearsal imports it from here)
+from kit.entry import KitError, add_settings_options, run, settings_from
 from kit.k8s_params import GRADIO, OVERLAYS_DIR, PVC, SERVE
-from kit.logs import add_verbosity, setup_logging
-from kit.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from kit.logs import add_verbosity
+from kit.settings import REPO_ROOT, Settings, SettingsError
 from kit.table import text_table
 
 log = logging.getLogger("kit.cluster")
@@ -51,7 +52,7 @@ GPU_REPORT = ["python", "-m", "clients.gpu_report", "--json"]
 POLL_S = 5.0
 
 
-class ClusterError(Exception):
+class ClusterError(KitError):
     """A failed check or step; the message is one actionable line (exit 1)."""
 
 
@@ -628,8 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--namespace", default=os.environ.get("KIT_KUBE_NAMESPACE") or None, help="namespace (env KIT_KUBE_NAMESPACE; default: settings)"
     )
-    parser.add_argument("--profile", help="settings profile (env PROFILE; default: default)")
-    parser.add_argument("--settings", help="settings file (env KIT_SETTINGS)")
+    add_settings_options(parser, overrides=False, verbosity=False)
     parser.add_argument("--overlay", help="overlay name under k8s/overlays or a path (default: the profile's)")
     add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -666,24 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    try:
-        s = load_settings(args.profile, Path(args.settings) if args.settings else None)
-        return args.func(args, s, Kubectl(context=args.context))
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
-    except ClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return exitcodes.FAILED
-    except Exception:
-        log.debug("unexpected error", exc_info=True)
-        raise
+    return run(build_parser(), lambda args: args.func(args, settings_from(args), Kubectl(context=args.context)), argv)
 
 
 if __name__ == "__main__":
