@@ -26,9 +26,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: `python images/build.py`
     sys.path.insert(0, str(REPO_ROOT))
 
 from kit import exitcodes  # noqa: E402
-from kit.logs import add_verbosity, setup_logging  # noqa: E402
+from kit.entry import KitError, add_settings_options, run, settings_from  # noqa: E402
 from kit.render import image_ref  # noqa: E402
-from kit.settings import Settings, SettingsError, load_settings  # noqa: E402
+from kit.settings import Settings, SettingsError  # noqa: E402
 
 log = logging.getLogger("kit.images")
 
@@ -36,7 +36,7 @@ IMAGES = ("runtime", "client")
 ENGINES = ("docker", "podman")
 
 
-class BuildError(Exception):
+class BuildError(KitError):
     """A build precondition or step failed; the message is the one line the user sees."""
 
 
@@ -101,7 +101,7 @@ def find_engine(wanted: str | None) -> str:
                 continue
         return engine
     hint = "install podman or docker" if not wanted else f"install {wanted} or pick the other with --engine"
-    raise BuildError(f"no usable container engine: {'; '.join(notes)}; {hint}")
+    raise BuildError(f"no usable container engine: {'; '.join(notes)}; {hint}", exitcodes.USAGE)
 
 
 def build_command(engine: str, plan: ImagePlan, from_base: str | None, network: str | None, no_cache: bool) -> list[str]:
@@ -139,7 +139,7 @@ def _run(cmd: list[str]) -> None:
         raise BuildError(f"`{shlex.join(cmd[:2])}` failed with exit code {result.returncode}: {shlex.join(cmd)}")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="make images",
         description="Build the runtime and client images, tagged <registry>/<image>:<kit>-lmdeploy<version> from settings.yaml.",
@@ -148,7 +148,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "make images ARGS='--only client --push'.",
     )
     p.add_argument("--only", choices=IMAGES, action="append", help="build only this image (repeatable; default: runtime and client)")
-    p.add_argument("--profile", help="settings profile (default: $PROFILE, else default)")
     p.add_argument("--engine", choices=ENGINES, default=os.environ.get("KIT_IMAGES_ENGINE") or None, help="container engine")
     p.add_argument("--push", action="store_true", help="push each image to the settings' registry after building")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
@@ -163,37 +162,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--network", help="build network mode passed to the engine (e.g. host, none)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_verbosity(p)
-    return p.parse_args(argv)
+    add_settings_options(p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    return run(build_parser(), _main, argv, prog="images")
+
+
+def _main(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(args.only)) if args.only else list(IMAGES)
-    try:
-        s = load_settings(args.profile)
-        extra = _parse_build_args(args.build_arg)
-        plans = plan_images(s, names, args.variant, extra)
-        known = {key for plan in plans for key in plan.build_args}
-        unknown = sorted(set(extra) - known)
-        if unknown:
-            raise SettingsError(f"--build-arg {', '.join(unknown)} is not used by {', '.join(names)}; allowed: {', '.join(sorted(known))}")
-    except SettingsError as exc:
-        print(f"images: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+    s = settings_from(args)
+    extra = _parse_build_args(args.build_arg)
+    plans = plan_images(s, names, args.variant, extra)
+    known = {key for plan in plans for key in plan.build_args}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SettingsError(f"--build-arg {', '.join(unknown)} is not used by {', '.join(names)}; allowed: {', '.join(sorted(known))}")
 
     try:
         if args.dry_run:  # print-only: name what would run, even on a machine without an engine
             engine = args.engine or next((e for e in ENGINES if shutil.which(e)), ENGINES[0])
         else:
             engine = find_engine(args.engine)
-    except BuildError as exc:
-        print(f"images: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
     except subprocess.TimeoutExpired:
-        print("images: `docker info` did not answer in 30 s; is the daemon hung? Use --engine podman", file=sys.stderr)
-        return exitcodes.USAGE
+        raise BuildError("`docker info` did not answer in 30 s; is the daemon hung? Use --engine podman", exitcodes.USAGE) from None
 
     steps = []
     for plan in plans:
@@ -210,22 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.OK
 
     done: list[dict[str, object]] = []
-    try:
-        for i, (plan, cmd) in enumerate(steps, 1):
-            action = cmd[1]
-            if not args.quiet:  # progress: builds take minutes
-                print(f"[{i}/{len(steps)}] {action} {plan.ref}", file=sys.stderr, flush=True)
-            start = time.monotonic()
-            _run(cmd)
-            elapsed = round(time.monotonic() - start, 1)
-            log.info("%s %s in %.1f s", action, plan.ref, elapsed)
-            if action == "build":
-                done.append({"image": plan.name, "ref": plan.ref, "base": args.from_base or plan.base, "seconds": elapsed, "pushed": False})
-            else:
-                done[-1]["pushed"] = True
-    except BuildError as exc:
-        print(f"images: {exc}", file=sys.stderr)
-        return exitcodes.FAILED
+    for i, (plan, cmd) in enumerate(steps, 1):
+        action = cmd[1]
+        if not args.quiet:  # progress: builds take minutes
+            print(f"[{i}/{len(steps)}] {action} {plan.ref}", file=sys.stderr, flush=True)
+        start = time.monotonic()
+        _run(cmd)
+        elapsed = round(time.monotonic() - start, 1)
+        log.info("%s %s in %.1f s", action, plan.ref, elapsed)
+        if action == "build":
+            done.append({"image": plan.name, "ref": plan.ref, "base": args.from_base or plan.base, "seconds": elapsed, "pushed": False})
+        else:
+            done[-1]["pushed"] = True
     if args.json:
         print(json.dumps({"engine": engine, "images": done}, indent=2))
     else:
