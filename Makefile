@@ -107,8 +107,8 @@ images: ## Build the runtime and client images (docker or podman)
 	$(PY) images/build.py $(ARGS)
 
 bench: ## GPU benchmark against bare lmdeploy (needs a GPU)
-	$(call need,tests/gpu/bench.py,the GPU benchmark)
-	$(PY) -m tests.gpu.bench $(ARGS)
+	$(call need,tests/gpu/bench_tm.py,the GPU benchmark)
+	$(PY) -m tests.gpu.bench_tm $(ARGS)  # TurboMind; the PyTorch run: python -m tests.gpu.bench
 
 ##@ Check
 lint: $(VENV_STAMP) ## Lint Python, YAML and generated files

@@ -234,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"bench_docs: {path.relative_to(REPO_ROOT)} is stale; run python -m tests.gpu.bench_docs", file=sys.stderr)
         return 1 if stale else 0
-    for path in stale:
-        path.write_text(wanted[path])
-        print(path.relative_to(REPO_ROOT))
+    for path, text in wanted.items():
+        if path in stale:
+            path.write_text(text)
+        print(f"{'wrote' if path in stale else 'unchanged'} {path.relative_to(REPO_ROOT)}")
     return 0
 
 
