@@ -13,6 +13,7 @@ from typing import Any
 from kit.plan.formula import PlanResult, plan
 from kit.plan.shapes import POLICY_NAMES
 from kit.settings import REPO_ROOT
+from kit.table import text_table
 
 MEASURED_FILE = REPO_ROOT / "kit" / "data" / "measured.json"
 CHOICES: tuple[tuple[bool, int], ...] = ((False, 0), (False, 8), (False, 4), (True, 0), (True, 8), (True, 4))
@@ -101,9 +102,8 @@ def render(rep: ChoiceReport) -> list[str]:
                 "yes" if c.fits else "no",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["", f"choices for {rep.target_sessions} sessions x {rep.context} tokens (KV from the formula, speeds measured)"]
-    lines += ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines += text_table(rows[0], rows[1:], align="l" + "r" * (len(rows[0]) - 1)).splitlines()
     lines.append(f"measured on: {rep.measured_on or 'nothing matching this backend: speeds unknown'}")
     if rep.pick:
         weights = "quantization.enabled=true" if rep.pick.weights == "awq" else "quantization.enabled=false"

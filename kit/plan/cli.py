@@ -28,6 +28,7 @@ from kit.plan.from_settings import _model_name, find_model_config, inputs_from_s
 from kit.plan.gpus import GPUS, Gpu, gpu_from_name, gpu_from_nvml
 from kit.plan.shapes import GIB, ModelShape, PlanError
 from kit.settings import SettingsError, deep_merge, load_settings, parse_override
+from kit.table import text_table
 
 
 def _gib(n: float) -> str:
@@ -61,8 +62,7 @@ def render_table(r: PlanResult) -> str:
                 _gib(p.headroom_bytes),
             )
         )
-    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
-    lines += ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines += text_table(head, rows[1:], align="l" + "r" * (len(head) - 1)).splitlines()
     lines.append("(* = configured quant_policy)")
     for f in r.findings:
         where = "" if f.policy is None or f.policy == i.quant_policy else " (not the configured policy)"
