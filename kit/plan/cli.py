@@ -17,17 +17,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from kit import exitcodes
-from kit.logs import add_verbosity, setup_logging
+from kit.entry import add_settings_options, run, settings_from
 from kit.plan import choices
 from kit.plan.engine_logs import check_engine_logs
 from kit.plan.formula import ENGINE_OVERHEAD_BYTES, MIN_HEADROOM_GIB, POLICY_NAMES, PlanResult, plan
 from kit.plan.from_settings import _model_name, find_model_config, inputs_from_settings
 from kit.plan.gpus import GPUS, Gpu, gpu_from_name, gpu_from_nvml
 from kit.plan.shapes import GIB, ModelShape, PlanError
-from kit.settings import SettingsError, deep_merge, load_settings, parse_override
 from kit.table import text_table
 
 
@@ -109,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: PROFILE, KIT_SETTINGS, KIT_PLAN_GPU, KIT_PLAN_GPU_MEMORY_GIB, KIT_PLAN_MODEL_CONFIG. "
         "Exit codes: 0 plan ok, 1 plan has errors, 2 usage. Formula: docs/planner.md.",
     )
-    p.add_argument("--profile", help="settings profile (default: $PROFILE or default)")
-    p.add_argument("--settings", help="settings file (default: $KIT_SETTINGS or settings.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. serving.quant_policy=4 (repeatable)")
+    add_settings_options(p)
     g = p.add_argument_group("GPU (default: the live GPU through nvidia-ml-py)")
     g.add_argument("--gpu", help=f"GPU by name: {', '.join(GPUS)} ($KIT_PLAN_GPU)")
     g.add_argument("--gpu-memory-gib", type=float, help="GPU memory in GiB instead of a name ($KIT_PLAN_GPU_MEMORY_GIB)")
@@ -136,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check-engine-logs", metavar="FIXTURE", help="compare the planner with an engine-log fixture JSON and exit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    add_verbosity(p)
     return p
 
 
@@ -159,40 +154,35 @@ def _cmd_check_logs(path: str, as_json: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    return run(parser, lambda args: _plan(parser, args), argv, prog="plan")
+
+
+def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for name in ("session_len", "context", "tp", "max_batch_size", "target_sessions"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.check_engine_logs:
         return _cmd_check_logs(args.check_engine_logs, args.json)
-    try:
-        overrides: dict[str, Any] = {}
-        for item in args.set or []:
-            overrides = deep_merge(overrides, parse_override(item))
-        s = load_settings(args.profile, Path(args.settings) if args.settings else None, overrides)
-        cfg, source = find_model_config(s, args.model_config or os.environ.get("KIT_PLAN_MODEL_CONFIG"))
-        shape = ModelShape.from_config(cfg, _model_name(s, source), source)
-        inputs = inputs_from_settings(s, shape)
-        changes = {
-            "backend": args.backend,
-            "cache_max_entry_count": args.cache_max_entry_count,
-            "session_len": args.session_len,
-            "context": args.context,
-            "tp": args.tp,
-            "max_batch_size": args.max_batch_size,
-            "engine_overhead_bytes": int(args.engine_overhead_gib * GIB) if args.engine_overhead_gib is not None else None,
-            "min_headroom_bytes": int(args.min_headroom_gib * GIB),
-        }
-        inputs = dataclasses.replace(inputs, **{k: v for k, v in changes.items() if v is not None})
-        if args.target_sessions and not args.context:
-            parser.error("--target-sessions needs --context (tokens per session)")
-        gpu = _resolve_gpu(args, s.kubernetes.gpu_model)
-        result = plan(shape, gpu, inputs, s.profile, args.target_sessions)
-    except (SettingsError, PlanError) as exc:
-        print(f"plan: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+    s = settings_from(args)
+    cfg, source = find_model_config(s, args.model_config or os.environ.get("KIT_PLAN_MODEL_CONFIG"))
+    shape = ModelShape.from_config(cfg, _model_name(s, source), source)
+    inputs = inputs_from_settings(s, shape)
+    changes = {
+        "backend": args.backend,
+        "cache_max_entry_count": args.cache_max_entry_count,
+        "session_len": args.session_len,
+        "context": args.context,
+        "tp": args.tp,
+        "max_batch_size": args.max_batch_size,
+        "engine_overhead_bytes": int(args.engine_overhead_gib * GIB) if args.engine_overhead_gib is not None else None,
+        "min_headroom_bytes": int(args.min_headroom_gib * GIB),
+    }
+    inputs = dataclasses.replace(inputs, **{k: v for k, v in changes.items() if v is not None})
+    if args.target_sessions and not args.context:
+        parser.error("--target-sessions needs --context (tokens per session)")
+    gpu = _resolve_gpu(args, s.kubernetes.gpu_model)
+    result = plan(shape, gpu, inputs, s.profile, args.target_sessions)
     report = choices.compare(result, args.target_sessions, result.context) if args.target_sessions else None
     if args.json:
         print(json.dumps(result.to_json() | ({"choices": choices.to_json(report)} if report else {}), indent=2))

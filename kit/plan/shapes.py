@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kit import exitcodes
+from kit.entry import KitError
 from kit.settings import REPO_ROOT
 
 MIB = 1 << 20
@@ -17,8 +19,11 @@ POLICY_NAMES = {0: "fp16", 8: "int8", 4: "int4"}
 BLOCK_SIZE = 64
 
 
-class PlanError(Exception):
+class PlanError(KitError):
     """The plan cannot be computed from these inputs (unknown GPU, unreadable config): a usage error."""
+
+    def __init__(self, message: str, code: int = exitcodes.USAGE) -> None:
+        super().__init__(message, code)
 
 
 @dataclass(frozen=True)
