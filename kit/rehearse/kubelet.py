@@ -222,6 +222,13 @@ class Runtime:
     def image_mounts(self) -> list[Mount]:
         return [Mount(IMAGE_VENV, self.host.venv, True), Mount(IMAGE_APP, self.host.repo, True)]
 
+    def traverse(self) -> list[str]:
+        """What the image's user must reach: the interpreter and the folders the venv's .pth files add."""
+        out = [os.path.realpath(self.host.venv / "bin" / "python")]
+        for pth in self.host.venv.glob("lib/python3*/site-packages/*.pth"):
+            out += [line.strip() for line in pth.read_text().splitlines() if line.startswith("/") and os.path.isdir(line.strip())]
+        return out
+
     def translate(self, text: str, mounts: list[Mount]) -> str:
         """prefix mode: every in-pod path (also after `--flag=` or in `A:B` lists) -> its host folder."""
         if self.host.mode != "prefix":
@@ -269,7 +276,7 @@ class Runtime:
             "gid": gid,
             "groups": groups,
             "readonly_root": bool(sc.get("readOnlyRootFilesystem")),
-            "traverse": [os.path.realpath(self.host.venv / "bin" / "python")],
+            "traverse": self.traverse(),
             "mounts": [{"target": m.target, "source": str(m.source), "readonly": m.readonly} for m in [*self.image_mounts(), *mounts]],
         }
         if self.host.mode == "prefix":
