@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kit import exitcodes
+from kit.entry import KitError, add_settings_options, exit_code
 
 if TYPE_CHECKING:
     import openai
@@ -39,12 +40,8 @@ environment:
 """
 
 
-class ClientError(Exception):
+class ClientError(KitError):
     """A known failure: one line for the user and the exit code to return."""
-
-    def __init__(self, message: str, code: int = exitcodes.FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -68,7 +65,7 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="served model name (default: discovered from /v1/models)")
     g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default %(default)s)")
     g.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on connection errors/5xx (default %(default)s)")
-    g.add_argument("--profile", help="settings profile for defaults (default: $PROFILE or 'default')")
+    add_settings_options(g, overrides=False, settings_file=False, verbosity=False)
 
 
 def load_kit_settings(profile: str | None) -> Settings:
@@ -195,14 +192,15 @@ def run_guarded(conn: Connection | None, fn: Any, *args: Any) -> int:
     try:
         return fn(*args)
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
     except Exception as exc:
         err = as_client_error(exc, conn) if conn else exc
-        if isinstance(err, ClientError):
-            log.error("%s", err)
-            return err.code
-        log.debug("unexpected error", exc_info=True)
-        raise
+        code = exit_code(err)  # kit.entry's mapping; clients log the line instead of printing it
+        if code is None:
+            log.debug("unexpected error", exc_info=True)
+            raise
+        log.error("%s", err)
+        return code
 
 
 def _message(exc: Any) -> str:
