@@ -135,10 +135,7 @@ def check_local_source(src: Path) -> None:
             exitcodes.USAGE,
         )
     if not src.exists():
-        raise JobError(
-            f"model.source {src} does not exist; set it to a model directory, a hub id org/name or modelscope:org/name",
-            exitcodes.USAGE,
-        )
+        raise JobError(f"model.source {src} does not exist; set it to a model directory, a hub id org/name or modelscope:org/name")
 
 
 def source_stats(src: Path) -> dict[str, list[int]]:
