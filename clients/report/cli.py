@@ -14,19 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clients._common import CONNECTION_ENV_HELP, ClientError, add_connection_args, load_kit_settings, resolve_connection
+from clients._common import CONNECTION_ENV_HELP, add_connection_args, load_kit_settings, resolve_connection
 from clients.report.charts import render_charts
 from clients.report.collect import collect_live
 from clients.report.render import render_markdown
+from kit.entry import KitError, run
 from kit.exitcodes import FAILED, OK, USAGE
-from kit.logs import add_verbosity, setup_logging
+from kit.logs import add_verbosity
 
 log = logging.getLogger("report")
 RESULT_KEYS = {"configs", "clients", "quantize"}
 
 
-class UsageError(Exception):
+class UsageError(KitError):
     """Bad input: one line, exit 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, USAGE)
 
 
 def write_report(results: dict[str, Any], out: Path) -> tuple[Path, list[tuple[str, str]]]:
@@ -79,16 +83,11 @@ def _collect(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    try:
-        results, out = _collect(args)
-    except UsageError as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return USAGE
-    except ClientError as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return exc.code
+    return run(build_parser(), _report, argv, prog="report")
+
+
+def _report(args: argparse.Namespace) -> int:
+    results, out = _collect(args)
     md, failed = write_report(results, out)
     print(json.dumps(results, indent=2) if args.json else md)
     if failed and not args.draft:

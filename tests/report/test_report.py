@@ -186,7 +186,7 @@ def _live(tmp_path: Path, srv: ReplayServer, *extra: str) -> tuple[int, str, dic
 
 def test_live_mode_without_a_service_fails_with_the_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path)]) == 1
-    assert "report: cannot reach the server at http://127.0.0.1:9" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("report: error: cannot reach the server at http://127.0.0.1:9")
     assert not (tmp_path / "README.md").exists()
 
 
