@@ -188,7 +188,7 @@ def body(args: argparse.Namespace) -> int:
         model = ModelSettings.model_validate(model.model_dump())
     effective = s.model_copy(update={"model": model}) if overrides else s
     dest = Path(args.model_path or s.fp16_path)
-    request = markers.fetch_request(effective, path=str(dest))
+    request = markers.fetch_request(effective)
     request_fp = markers.digest(request)
     dest.parent.mkdir(parents=True, exist_ok=True)
 

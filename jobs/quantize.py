@@ -215,7 +215,7 @@ def body(args: argparse.Namespace) -> int:
             progress.stage(f"removing {stale.name} left by an interrupted run")
             shutil.rmtree(stale, ignore_errors=True)
         marker = markers.read_or_none(out, markers.QUANTIZE)
-        request_fp = markers.digest(markers.quantize_request(s, fp16_path=str(model_dir), path=str(out)))
+        request_fp = markers.request_fingerprint(s, markers.QUANTIZE)
         inputs: dict[str, Any] = {
             "model_path": str(model_dir),
             "params": kwargs,
@@ -233,8 +233,8 @@ def body(args: argparse.Namespace) -> int:
             if marker.get("fingerprint") == fp and output_complete(out, marker):
                 fresh = {"request_fingerprint": request_fp, "input_fingerprint": _input_fingerprint(model_dir, inputs)}
                 if any(marker.get(key) != value for key, value in fresh.items()):
-                    # Same content, other settings wording (e.g. another output path spelling): refresh the
-                    # marker so kit.cluster stops scheduling this Job, without touching the model.
+                    # Same content, other request (e.g. a refetched identical model): refresh the marker so
+                    # kit.cluster stops scheduling this Job, without touching the model.
                     markers.write(out, {**marker, **fresh})
                 result = {"status": "up-to-date", "output": str(out), "fingerprint": fp, "elapsed_s": round(progress.elapsed, 3)}
                 print(json.dumps(result) if args.json else f"up to date: {out} (fingerprint {fp[:12]}); nothing to do")

@@ -292,7 +292,7 @@ def _shown_markers(s: Settings, text: str, where: str) -> dict[str, Any]:
     return plan.markers_by_stage(s, shown)
 
 
-def read_markers(k: Kubectl, ns: str, s: Settings, docs: list[dict[str, Any]], poll_s: float = POLL_S) -> dict[str, Any]:
+def read_markers(k: Kubectl, ns: str, s: Settings, docs: list[dict[str, Any]]) -> dict[str, Any]:
     """{stage: marker | None | {"error"}} from the PVC, without a GPU: exec in a running serving pod, else a
     short-lived reader pod of the client image mounting the PVC read-only. A PVC not yet bound holds none."""
     pvc = get_json(k, ns, "pvc", PVC)
@@ -324,14 +324,14 @@ def read_markers(k: Kubectl, ns: str, s: Settings, docs: list[dict[str, Any]], p
     k.run("-n", ns, "create", "-f", "-", stdin=_dump([plan.marker_reader_pod(s, docs, name)]), timeout=60)
     print(f"reading the completion markers on persistentvolumeclaim/{PVC} (pod {name}, no GPU) ...", file=sys.stderr)
     try:
-        wait_pod_done(k, ns, name, timeout_s=600, poll_s=poll_s)
+        wait_pod_done(k, ns, name, timeout_s=600)
         out = k.run("-n", ns, "logs", name, timeout=60).stdout
     finally:
         k.run("-n", ns, "delete", "pod", name, "--wait=false", "--ignore-not-found", timeout=60, check=False)
     return _shown_markers(s, out, f"pod {name}")
 
 
-def wait_pod_done(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: float = POLL_S) -> None:
+def wait_pod_done(k: Kubectl, ns: str, name: str, timeout_s: float) -> None:
     clock = plan.ProblemClock()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -343,7 +343,7 @@ def wait_pod_done(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: floa
             tail = k.run("-n", ns, "logs", name, "--tail=20", check=False).stdout.rstrip()
             raise ClusterError(f"pod {name} failed: {tail or '(no logs)'}")
         check_problems(k, ns, [pod] if pod else [], clock)
-        time.sleep(poll_s)
+        time.sleep(POLL_S)
     raise ClusterError(f"pod {name} did not finish within {timeout_s:.0f} s; see: kubectl -n {ns} describe pod {name}")
 
 
@@ -378,7 +378,7 @@ def job_logs(k: Kubectl, ns: str, pods: list[dict[str, Any]], tail: int = 40) ->
     return "\n".join(blocks) or "(no pods)"
 
 
-def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, hint: str = "", poll_s: float = POLL_S, out=sys.stderr) -> None:
+def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, hint: str = "", out=sys.stderr) -> None:
     """Poll a Job until Complete; its newest log line is the progress; a failure or a problem that will not fix
     itself ends the wait with the logs of every pod of the Job (or one line and the next command)."""
     deadline = time.monotonic() + timeout_s
@@ -405,11 +405,11 @@ def wait_job(k: Kubectl, ns: str, name: str, timeout_s: float, hint: str = "", p
             if line and line != last:
                 print(f"  [{name}] {line[:200]}", file=out)
                 last = line
-        time.sleep(poll_s)
+        time.sleep(POLL_S)
     raise ClusterError(f"job/{name} did not finish within {timeout_s:.0f} s; see: kubectl -n {ns} logs job/{name}")
 
 
-def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: float = POLL_S, out=sys.stderr) -> None:
+def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: float, out=sys.stderr) -> None:
     print(f"waiting for deployment/{name} rollout (model load takes minutes) ...", file=out)
     deadline = time.monotonic() + timeout_s
     clock = plan.ProblemClock()
@@ -427,16 +427,14 @@ def wait_rollout(k: Kubectl, ns: str, name: str, timeout_s: float, poll_s: float
             )
         selector = ",".join(f"{key}={v}" for key, v in dep["spec"]["selector"].get("matchLabels", {}).items())
         check_problems(k, ns, (get_json(k, ns, "pods", "-l", selector) or {}).get("items", []), clock)
-        time.sleep(poll_s)
+        time.sleep(POLL_S)
     raise ClusterError(f"deployment/{name} not ready within {timeout_s:.0f} s; see: kubectl -n {ns} describe deployment {name}")
 
 
 # ---- steps
 
 
-def run_job(
-    k: Kubectl, ns: str, s: Settings, step: plan.Step, args: argparse.Namespace, gpus: dict[str, int] | None, poll_s: float
-) -> None:
+def run_job(k: Kubectl, ns: str, s: Settings, step: plan.Step, args: argparse.Namespace, gpus: dict[str, int] | None) -> None:
     job = step.objects[0]
     name = job["metadata"]["name"]
     scale = f"kubectl -n {ns} scale deployment/{SERVE} --replicas=0"
@@ -458,10 +456,10 @@ def run_job(
     if action in ("create", "recreate"):
         apply(k, [plan.stamp(job)])
     hint = f"if a GPU is held by the running server: {scale}" if step.stage == markers.QUANTIZE else ""
-    wait_job(k, ns, name, step.timeout_s, hint=hint, poll_s=poll_s)
+    wait_job(k, ns, name, step.timeout_s, hint=hint)
 
 
-def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl, poll_s: float = POLL_S) -> int:
+def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl) -> int:
     if not args.skip_plan:
         blockers = plan_blockers(s)
         if blockers:
@@ -490,18 +488,18 @@ def cmd_deploy(args: argparse.Namespace, s: Settings, k: Kubectl, poll_s: float 
             if args.force_jobs:
                 decision = plan.StageDecision(step.stage or "", True, "--force-jobs")
             else:
-                found = found if found is not None else read_markers(k, ns, s, docs, poll_s=poll_s)
+                found = found if found is not None else read_markers(k, ns, s, docs)
                 decision = plan.decide_stage(s, step.stage or "", found)
             if not decision.run:
                 print(f"job/{step.target}: skipped, {decision.reason}", file=sys.stderr)
                 continue
             print(f"job/{step.target}: runs, {decision.reason}", file=sys.stderr)
-            run_job(k, ns, s, step, args, gpus, poll_s)
+            run_job(k, ns, s, step, args, gpus)
             found = None  # the Job changed the store: read the markers again before the next decision
         elif step.action == "rollout":
             apply(k, list(step.objects))
             if not args.no_wait:
-                wait_rollout(k, ns, step.target or "", step.timeout_s, poll_s=poll_s)
+                wait_rollout(k, ns, step.target or "", step.timeout_s)
     port, gport = s.serving.port, s.gradio.port
     print(f"deployed profile {s.profile} to namespace {ns} (context {context})")
     print(f"API (in cluster, pods labelled lmdeploy-kit/client=true): http://{SERVE}.{ns}.svc:{port}/v1")

@@ -99,18 +99,20 @@ def _template_sha() -> str:
     return hashlib.sha256(TOOLS_TEMPLATE.encode()).hexdigest()
 
 
-def fetch_request(s: Settings, path: str | None = None) -> dict[str, Any]:
-    """What the settings ask the fetch stage for (no file content: computable anywhere)."""
+def fetch_request(s: Settings) -> dict[str, Any]:
+    """What the settings ask the fetch stage for (no file content: computable anywhere).
+
+    No path: the marker sits in the directory it describes, and the store is mounted at another
+    path in a pod than on a workstation."""
     return {
         "stage": FETCH,
         "source": s.model.source,
         "revision": s.model.revision,
-        "path": path or s.fp16_path,
         "chat_template_sha256": _template_sha() if fetch_installs_template(s) else None,
     }
 
 
-def quantize_request(s: Settings, fp16_path: str | None = None, path: str | None = None) -> dict[str, Any]:
+def quantize_request(s: Settings) -> dict[str, Any]:
     """What the settings ask the quantize stage for; the lmdeploy version is the settings' (= the image's).
 
     The model itself is not here: the marker's input_fingerprint ties the output to the fetch marker."""
@@ -118,8 +120,6 @@ def quantize_request(s: Settings, fp16_path: str | None = None, path: str | None
 
     return {
         "stage": QUANTIZE,
-        "fp16_path": fp16_path or s.fp16_path,
-        "path": path or s.quantized_path,
         "params": auto_awq_kwargs(s),
         "calibration_file": s.storage.calibration_file,
         "lmdeploy": s.versions.lmdeploy,
