@@ -263,13 +263,17 @@ def test_check_mode_changes_nothing(target: Path, tmp_path: Path) -> None:
 
 
 def test_environment_imports_torch_and_lmdeploy_inside_the_target(target: Path) -> None:
-    code = "import json, torch, lmdeploy; print(json.dumps([torch.__version__, lmdeploy.__version__]))"
+    code = (
+        "import importlib.metadata as m, json, torch, lmdeploy;"
+        "print(json.dumps([torch.__version__, m.version('torch'), lmdeploy.__version__]))"
+    )
     r = _run(["chroot", str(target), "/opt/lmdeploy/env/bin/python", "-c", code])
     assert r.returncode == 0, r.stderr[-2000:]
-    torch_v, lmdeploy_v = json.loads(r.stdout.strip().splitlines()[-1])
-    # The pin the role was given, in the build the wheelhouse held (a local +cpu tag or none).
-    assert torch_v.split("+")[0] == _torch_pin()
-    assert torch_v == _venv_torch()
+    torch_v, torch_dist, lmdeploy_v = json.loads(r.stdout.strip().splitlines()[-1])
+    # torch imports at the pin the role was given (2.13.0+cpu, or 2.13.0+cu130 for PyPI's build) ...
+    assert torch_v.split("+")[0] == _torch_pin(), torch_v
+    # ... and is the build .venv holds, handed over through the offline wheelhouse.
+    assert torch_dist == _venv_torch()
     assert lmdeploy_v == load_settings("default").versions.lmdeploy
     r = _run(["chroot", str(target), "/opt/lmdeploy/env/bin/lmdeploy", "--help"])
     assert r.returncode == 0 and "serve" in r.stdout, r.stderr[-2000:]
