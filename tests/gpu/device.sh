@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Run the GPU benchmark on the GPU test machine (PYTHONPATH already holds the lmdeploy bundle).
+# BENCH_MODULE picks it: tests.gpu.bench_tm (TurboMind, default) or tests.gpu.bench (PyTorch backend).
 #
 #   bash tests/gpu/device.sh [--quick] [bench args]   foreground run, results in $OUT/bench
 #   bash tests/gpu/device.sh start [--quick] [args]   detached (setsid nohup), results in $BENCH_DIR
@@ -13,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 BENCH_DIR=${BENCH_DIR:-/tmp/kit-bench-out}
 PY=${PYTHON:-python3}
+BENCH_MODULE=${BENCH_MODULE:-tests.gpu.bench_tm}
 export PYTHONUNBUFFERED=1 KIT_BENCH_WORKDIR=${KIT_BENCH_WORKDIR:-/tmp/kit-bench}
 
 preflight() {
@@ -50,7 +52,7 @@ status() {
   "$PY" - "$BENCH_DIR/results.json" <<'EOF' 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("stages:", {k: v.get("status") for k, v in r.get("stages", {}).items()})
+print("stages:", {k: v.get("status") for k, v in r.get("stages", {}).items()})  # both benchmarks' results.json
 for k, v in r.get("ratios", {}).items():
     print(f"  {k}: {v.get('value')} ({v.get('target', '')}) {'PASS' if v.get('pass') else 'FAIL' if 'pass' in v else ''}")
 EOF
@@ -63,7 +65,7 @@ case "${1:-run}" in
     preflight
     mkdir -p "$BENCH_DIR"
     rm -f "$BENCH_DIR/rc"
-    setsid nohup bash -c "$PY -m tests.gpu.bench --out '$BENCH_DIR' $*; echo \$? > '$BENCH_DIR/rc'" \
+    setsid nohup bash -c "$PY -m $BENCH_MODULE --out '$BENCH_DIR' $*; echo \$? > '$BENCH_DIR/rc'" \
       >"$BENCH_DIR/console.log" 2>&1 </dev/null &
     echo $! >"$BENCH_DIR/pid"
     echo "started (pid $!); poll with: bash tests/gpu/device.sh status"
@@ -85,7 +87,7 @@ case "${1:-run}" in
     preflight
     out=${OUT:-build}/bench
     mkdir -p "$out"
-    "$PY" -m tests.gpu.bench --out "$out" "$@" 2>&1 | tee "$out/console.log"
+    "$PY" -m "$BENCH_MODULE" --out "$out" "$@" 2>&1 | tee "$out/console.log"
     ;;
   *)
     echo "usage: device.sh [run|start|status|wait] [--quick] [bench args]" >&2
