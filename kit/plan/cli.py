@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kit import exitcodes
 from kit.entry import add_settings_options, run, settings_from
-from kit.plan import choices
+from kit.plan import choices, parallel
 from kit.plan.engine_logs import check_engine_logs
 from kit.plan.formula import ENGINE_OVERHEAD_BYTES, MIN_HEADROOM_GIB, POLICY_NAMES, PlanResult, plan
 from kit.plan.from_settings import _model_name, find_model_config, inputs_from_settings
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-sessions", type=int, help="recommend the smallest cache ratio / quant policy for this many sessions of --context tokens"
     )
+    p.add_argument("--gpus", type=int, help="compare tp N with N replicas of tp 1 on this many GPUs of the node")
     p.add_argument("--check-engine-logs", metavar="FIXTURE", help="compare the planner with an engine-log fixture JSON and exit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return p
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    for name in ("session_len", "context", "tp", "max_batch_size", "target_sessions"):
+    for name in ("session_len", "context", "tp", "max_batch_size", "target_sessions", "gpus"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -184,10 +185,13 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     gpu = _resolve_gpu(args, s.kubernetes.gpu_model)
     result = plan(shape, gpu, inputs, s.profile, args.target_sessions)
     report = choices.compare(result, args.target_sessions, result.context) if args.target_sessions else None
+    layouts = parallel.compare_parallel(result, args.gpus) if args.gpus and args.gpus > 1 else None
     if args.json:
-        print(json.dumps(result.to_json() | ({"choices": choices.to_json(report)} if report else {}), indent=2))
+        extra = ({"choices": choices.to_json(report)} if report else {}) | ({"parallel": parallel.to_json(layouts)} if layouts else {})
+        print(json.dumps(result.to_json() | extra, indent=2))
     else:
-        print("\n".join([render_table(result), *(choices.render(report) if report else [])]))
+        sections = (choices.render(report) if report else []) + (parallel.render(layouts) if layouts else [])
+        print("\n".join([render_table(result), *sections]))
     return exitcodes.FAILED if result.errors else exitcodes.OK
 
 
