@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(Path(args.out) / "bench.log")]
     logging.basicConfig(level=logging.INFO, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     return Bench(args).run()
 
 
