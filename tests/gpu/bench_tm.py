@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(Path(args.out) / "bench.log")]
     logging.basicConfig(level=logging.INFO, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    for name in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     return Bench(args).run()
 
 
