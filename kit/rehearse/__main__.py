@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from kit import exitcodes
+from kit import exitcodes, markers
 from kit.deploy_plan import deploy_steps
 from kit.k8s_params import OVERLAYS_DIR, SERVE
 from kit.logs import add_verbosity, setup_logging
@@ -405,6 +405,7 @@ class Rehearsal:
             runs = start_main(pod)
             step["serve_started"] = True
             run, c = runs[0]
+            self.check_served_path(rt, run, pod, step)
 
             def watch() -> None:
                 sig = needs_gpu(run.lines)
@@ -437,6 +438,25 @@ class Rehearsal:
             stop_pod(pod)
             step["pods"].append(pod.summary())
             cleanup_pod(pod)
+
+    def check_served_path(self, rt: Runtime, run: Any, pod: PodRun, step: dict[str, Any]) -> None:
+        """The model folder in the api_server argv must hold a model *as the container sees it*.
+
+        On a machine without a GPU lmdeploy stops (TurboMind is a CUDA extension) before it reads the
+        folder, so a volumeMount that does not match the argv would go unnoticed without this.
+        """
+        if "api_server" not in run.argv[:-1]:
+            return
+        served = run.argv[run.argv.index("api_server") + 1]
+        missing = [rel for rel in ("config.json", markers.FILE_NAME) if not rt.exists_in_view(run, f"{served}/{rel}", pod.dir)]
+        step["served_path"] = {"path": served, "missing": missing}
+        if missing:
+            raise PodFailed(
+                f"container {run.name} serves {served}, but {', '.join(missing)} is not there as the container sees it "
+                "(volumeMounts vs the api_server argv)",
+                run.name,
+            )
+        self.say(f"{run.name}: {served} holds config.json and {markers.FILE_NAME} as the container sees it")
 
     def after_ready(self, rt: Runtime, run: Any, c: dict[str, Any], step: dict[str, Any]) -> None:
         port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "http"), None)

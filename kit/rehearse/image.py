@@ -34,6 +34,8 @@ class ImageConfig:
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     user: str | None = None
+    # /etc/passwd lines the image's RUN useradd adds (getpwuid of the image's user must work).
+    passwd: list[str] = field(default_factory=list)
 
 
 def image_name(ref: str) -> str:
@@ -86,6 +88,21 @@ def _env_pairs(rest: str, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+_USERADD = re.compile(r"useradd\s+([^;&|]*)")
+
+
+def _useradd(run: str) -> list[str]:
+    """`useradd --uid 10001 --gid 0 --home-dir /home/x ... NAME` -> a passwd line."""
+    out = []
+    for m in _USERADD.finditer(run):
+        words = shlex.split(m.group(1))
+        opts = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+        if "--uid" in opts:
+            home = opts.get("--home-dir", "/")
+            out.append(f"{words[-1]}:x:{opts['--uid']}:{opts.get('--gid', opts['--uid'])}::{home}:{opts.get('--shell', '/bin/sh')}")
+    return out
+
+
 def read_image(images_dir: Path, ref: str) -> ImageConfig:
     name = image_name(ref)
     path = images_dir / name / "Dockerfile"
@@ -99,7 +116,9 @@ def read_image(images_dir: Path, ref: str) -> ImageConfig:
             parent = stages.get(parts[0])
             cur = ImageConfig(name=name, env={"PATH": BASE_PATH})
             if parent is not None:
-                cur = ImageConfig(name, list(parent.entrypoint), list(parent.cmd), dict(parent.env), parent.workdir, parent.user)
+                cur = ImageConfig(
+                    name, list(parent.entrypoint), list(parent.cmd), dict(parent.env), parent.workdir, parent.user, list(parent.passwd)
+                )
             if len(parts) >= 3 and parts[1].upper() == "AS":
                 stages[parts[2]] = cur
         elif cur is None:
@@ -115,6 +134,8 @@ def read_image(images_dir: Path, ref: str) -> ImageConfig:
             cur.workdir = rest if rest.startswith("/") else f"{cur.workdir.rstrip('/')}/{rest}"
         elif key == "USER":
             cur.user = rest
+        elif key == "RUN" and "useradd" in rest:
+            cur.passwd += _useradd(rest)
     if cur is None:
         raise ImageError(f"{path} has no FROM")
     return cur

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -102,6 +103,7 @@ class ContainerRun:
     seconds: float | None = None
     lines: list[str] = field(default_factory=list)
     pump: threading.Thread | None = None
+    launch: dict[str, Any] = field(default_factory=dict)
 
     def tail(self, n: int = LOG_TAIL) -> str:
         return "\n".join(self.lines[-n:])
@@ -277,6 +279,7 @@ class Runtime:
             "groups": groups,
             "readonly_root": bool(sc.get("readOnlyRootFilesystem")),
             "traverse": self.traverse(),
+            "passwd": image.passwd,
             "mounts": [{"target": m.target, "source": str(m.source), "readonly": m.readonly} for m in [*self.image_mounts(), *mounts]],
         }
         if self.host.mode == "prefix":
@@ -290,6 +293,7 @@ class Runtime:
         return run, launch
 
     def start(self, run: ContainerRun, launch: dict[str, Any], pod_dir: Path) -> None:
+        run.launch = launch
         run.log.parent.mkdir(parents=True, exist_ok=True)
         if self.host.mode == "mountns":
             scratch = pod_dir / f".root-{run.name}"
@@ -315,6 +319,27 @@ class Runtime:
         run.started = time.monotonic()
         run.pump = threading.Thread(target=self._pump, args=(run,), name=f"log-{run.name}", daemon=True)
         run.pump.start()
+
+    def exists_in_view(self, run: ContainerRun, path: str, pod_dir: Path) -> bool:
+        """Whether `path` exists as the container sees it: a throw-away process with the same mounts and user."""
+        if self.host.mode == "prefix":
+            mounts = [Mount(m["target"], Path(m["source"]), m["readonly"]) for m in run.launch["mounts"]]
+            return os.path.exists(self.translate(path, mounts))
+        scratch = Path(tempfile.mkdtemp(prefix=".view-", dir=pod_dir))
+        spec = {**run.launch, "argv": ["test", "-e", path], "env": {"PATH": "/usr/bin:/bin"}, "scratch": str(scratch)}
+        read_fd, write_fd = os.pipe()
+        with os.fdopen(write_fd, "w") as f:
+            json.dump(spec, f)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "kit.rehearse.sandbox", str(read_fd)],
+                pass_fds=(read_fd,), capture_output=True, timeout=60, check=False,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.host.repo)},
+            )  # fmt: skip
+        finally:
+            os.close(read_fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return proc.returncode == 0
 
     def _pump(self, run: ContainerRun) -> None:
         assert run.proc is not None and run.proc.stdout is not None

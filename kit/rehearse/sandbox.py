@@ -103,9 +103,20 @@ def build_root(spec: dict[str, Any]) -> str:
         if m.get("readonly"):
             _mount(None, str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     open_path(root, spec.get("traverse") or [])
+    add_users(root, spec.get("passwd") or [])
     if spec.get("readonly_root"):
         _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     return root
+
+
+def add_users(root: str, lines: list[str]) -> None:
+    """The image's own users (its `RUN useradd`) in the overlay's /etc/passwd, where the uid is missing."""
+    passwd = Path(root) / "etc/passwd"
+    text = passwd.read_text() if passwd.exists() else ""
+    known = {row.split(":")[2] for row in text.splitlines() if row.count(":") >= 6}
+    new = [line for line in lines if line.split(":")[2] not in known]
+    if new:
+        passwd.write_text(text + ("" if text.endswith("\n") or not text else "\n") + "\n".join(new) + "\n")
 
 
 def open_path(root: str, paths: list[str]) -> None:

@@ -143,7 +143,7 @@ def test_sandbox_user_readonly_mounts_and_root(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     (tmp_path / "scratch").mkdir()
-    script = "id -u; id -G; touch /data/x 2>&1; touch /new-file 2>&1; ls /data"
+    script = "id -u; id -G; touch /data/x 2>&1; touch /new-file 2>&1; ls /data; id -un"
     spec = {
         "argv": ["sh", "-c", script],
         "env": {"PATH": "/usr/bin:/bin"},
@@ -154,6 +154,7 @@ def test_sandbox_user_readonly_mounts_and_root(tmp_path: Path) -> None:
         "readonly_root": True,
         "scratch": str(tmp_path / "scratch"),
         "mounts": [{"target": "/data", "source": str(vol), "readonly": True}],
+        "passwd": ["lmdeploy:x:10001:0::/home/lmdeploy:/usr/sbin/nologin"],  # the image's useradd
     }
     (vol / "seen").write_text("")
     read_fd, write_fd = os.pipe()
@@ -173,6 +174,7 @@ def test_sandbox_user_readonly_mounts_and_root(tmp_path: Path) -> None:
     assert lines[0] == "10001" and lines[1].split() == ["10001", "20002"]
     assert "Read-only file system" in lines[2] and "Read-only file system" in lines[3]
     assert lines[4] == "seen" and not Path("/data").exists() and not Path("/new-file").exists()
+    assert lines[5] == "lmdeploy" and ":10001:" not in Path("/etc/passwd").read_text()  # only the overlay's copy
 
 
 # ---------------------------------------------------------------------------------------------- rehearsals
@@ -237,6 +239,7 @@ def test_rehearsal_reaches_the_gpu(profile: str, tiny_model: Path, stores: dict[
 
     serve = report["steps"][-1]
     assert (serve["name"], serve["serve_started"], serve["outcome"]) == ("lmdeploy-serve", True, "needs-gpu"), serve
+    assert serve["served_path"]["missing"] == []  # config.json and the marker, as the api_server's mounts show them
     pod = serve["pods"][0]
     assert [c["exit_code"] for c in pod["init_containers"]] == [0] * len(pod["init_containers"]) != []
     api = pod["containers"][0]
