@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tests.gpu.loadgen import percentile
+
 _WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa romeo sierra tango".split()
 
 
@@ -68,14 +70,6 @@ def prompt(index: int, chars: int, seed: int = 0) -> str:
     while len(text) < chars:
         text += " " + rng.choice(_WORDS)
     return text[: max(chars, 1)]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, min(len(ordered), -(-int(q * len(ordered)) // 100))) - 1]
 
 
 async def _one(client: Any, model: str, text: str, spec: LoadSpec) -> dict[str, Any]:
