@@ -17,6 +17,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from clients import funcall
@@ -46,6 +47,8 @@ def check(client: Any, model: str, question: str, expected: int, args: argparse.
 def _run(args: argparse.Namespace, conn: Connection) -> int:
     client, model = connect(conn)
     verdicts = [check(client, model, q, n, args) for q, n in HELD_OUT]
+    if args.output:
+        args.output.write_text(json.dumps(verdicts, indent=2) + "\n")
     if args.json:
         print(json.dumps(verdicts, indent=2))
     else:
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tool-role", choices=["tool", "environment"], default="tool", help="role of tool-result messages (default %(default)s)"
     )
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    p.add_argument("--output", type=Path, help="also write the verdicts JSON to this file")
     add_connection_args(p)
     add_verbosity(p)
     args = p.parse_args(argv)

@@ -3,7 +3,8 @@
 # fixed seed), serve it with the kit's rendered `fc` arguments (TurboMind; the PyTorch backend only if
 # TurboMind does not come up), then run `python -m clients.funcall` (what `make fc-check` runs) with
 # tool_choice auto and required, and the held-out questions (tests/gpu/fc_heldout.py), all through
-# tests.support.replay's recorder. Results in $OUT/funcall_trained.tgz (recordings, logs, train-fc.json).
+# tests.support.replay's recorder. Results in $OUT/funcall_trained.tgz: fc/recorded/*.json, fc/verdicts.json and
+# fc/train-fc.json are what tests/fixtures/funcall_trained/ holds; the logs beside them.
 #   PYTHONPATH=/tmp/site bash tests/gpu/fc_roundtrip.sh        # env: TRAIN_ARGS, BACKEND, CACHE, REUSE
 set -uo pipefail
 : "${PYTHONPATH:?set PYTHONPATH to the unpacked lmdeploy bundle (see tests/gpu/README.md)}"
@@ -57,11 +58,30 @@ python3 -m tests.support.replay record --upstream http://127.0.0.1:23333 --out $
 REC=$!
 until curl -s -o /dev/null localhost:23334/health; do sleep 0.5; done
 export OPENAI_BASE_URL=http://127.0.0.1:23334/v1 OPENAI_API_KEY=none PROFILE=fc
-run() { echo "\$ $*" >> $R/transcript.txt; "$@" >> $R/transcript.txt 2>&1; echo "exit $?" >> $R/transcript.txt; }
-run python3 -m clients.funcall --tool-choice auto --max-steps 4 --json
-run python3 -m clients.funcall --tool-choice required --max-steps 4 --json
+run() { echo "\$ $*" >> $R/transcript.txt; "$@" >> $R/transcript.txt 2>&1; local rc=$?; echo "exit $rc" >> $R/transcript.txt; return $rc; }
+checked() {  # checked KEY CMD...: run a check with --output, keep its command, exit code and verdicts for verdicts.json
+  local key=$1; shift
+  run "$@" --output $R/verdict-$key.json; echo "$? $*" > $R/verdict-$key.cmd
+}
+checked funcall-auto python3 -m clients.funcall --tool-choice auto --max-steps 4 --json
+checked funcall-required python3 -m clients.funcall --tool-choice required --max-steps 4 --json
 run python3 -m clients.funcall --tool-choice auto -v
-run python3 -m tests.gpu.fc_heldout --tool-choice auto --max-steps 4 --json
+checked heldout-auto python3 -m tests.gpu.fc_heldout --tool-choice auto --max-steps 4 --json
+python3 - $R <<'PY'
+import json, pathlib, sys
+r = pathlib.Path(sys.argv[1])
+out = {}
+for cmd in sorted(r.glob("verdict-*.cmd")):
+    rc, _, command = cmd.read_text().strip().partition(" ")
+    path = cmd.with_suffix(".json")
+    verdicts = json.loads(path.read_text()) if path.exists() else []
+    verdicts = verdicts if isinstance(verdicts, list) else [verdicts]
+    for v in verdicts:
+        v.pop("base_url", None)
+    out[cmd.stem.removeprefix("verdict-")] = {"command": command, "exit": int(rc), "verdicts": verdicts}
+(r / "verdicts.json").write_text(json.dumps(out, indent=2) + "\n")
+print({k: [v["verdict"] for v in x["verdicts"]] for k, x in out.items()})
+PY
 kill $REC; wait $REC
 kill $SRV; wait $SRV 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $R/gpu.txt
