@@ -90,20 +90,20 @@ def compare(result: PlanResult, target_sessions: int, context: int) -> ChoiceRep
 
 
 def render(rep: ChoiceReport) -> list[str]:
-    rows = [("choice", "KV tokens", f"seqs@{rep.context}", "batch-1 tok/s", "capacity tok/s", f"holds {rep.target_sessions}")]
-    for c in rep.choices:
-        rows.append(
-            (
-                ("> " if c is rep.pick else "  ") + c.label,
-                f"{c.kv_tokens:,}",
-                f"{c.sequences:,}",
-                f"{c.decode_batch1_tok_s:g}" if c.decode_batch1_tok_s else "-",
-                f"{c.capacity_tok_s:,.0f}" if c.capacity_tok_s else "-",
-                "yes" if c.fits else "no",
-            )
+    head = ("choice", "KV tokens", f"seqs@{rep.context}", "batch-1 tok/s", "capacity tok/s", f"holds {rep.target_sessions}")
+    rows = [
+        (
+            ("> " if c is rep.pick else "  ") + c.label,
+            f"{c.kv_tokens:,}",
+            f"{c.sequences:,}",
+            f"{c.decode_batch1_tok_s:g}" if c.decode_batch1_tok_s else "-",
+            f"{c.capacity_tok_s:,.0f}" if c.capacity_tok_s else "-",
+            "yes" if c.fits else "no",
         )
+        for c in rep.choices
+    ]
     lines = ["", f"choices for {rep.target_sessions} sessions x {rep.context} tokens (KV from the formula, speeds measured)"]
-    lines += text_table(rows[0], rows[1:], align="l" + "r" * (len(rows[0]) - 1)).splitlines()
+    lines += text_table(head, rows, align="lrrrrr").splitlines()
     lines.append(f"measured on: {rep.measured_on or 'nothing matching this backend: speeds unknown'}")
     if rep.pick:
         weights = "quantization.enabled=true" if rep.pick.weights == "awq" else "quantization.enabled=false"

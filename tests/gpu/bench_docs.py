@@ -15,6 +15,7 @@ from typing import Any
 from kit.plan import Gpu, PlanInputs, check_engine_logs, plan
 from kit.plan.engine_logs import fixture_shape
 from kit.settings import REPO_ROOT
+from kit.table import markdown_table
 
 TM_RESULTS = REPO_ROOT / "docs" / "benchmarks" / "turbomind" / "results.json"
 PT_RESULTS = REPO_ROOT / "docs" / "benchmarks" / "results.json"
@@ -30,9 +31,7 @@ COMMAND = (
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
 def _n(v: Any, nd: int = 0) -> str:
