@@ -1,7 +1,7 @@
 """`make bench` on TurboMind, the kit's default backend: honest kit-vs-bare throughput and the
 capacity-bound load that decides whether AWQ + a quantized KV cache pays.
 
-    python -m tests.gpu.bench_tm --out build/bench-tm                 # everything, ~13 min on an H200
+    python -m tests.gpu.bench_tm --out build/bench-tm                 # everything, ~9 min on an H200 (7.5 without awq-kv8)
     python -m tests.gpu.bench_tm --out build/bench-tm --stages pairs  # reuse the models in --workdir
 
 Stages:
