@@ -49,7 +49,8 @@ def role_vars(s: Settings) -> dict[str, Any]:
         # lmdeploy_service
         "lmdeploy_service_enabled": p.systemd_services,
         "lmdeploy_service_user": p.service_user,
-        "lmdeploy_service_api_server_argv": serve_args(s, api_key=API_KEY_PLACEHOLDER),
+        # No key here: the unit runs `python -m kit.serve -- <argv>`, which takes it from the env file.
+        "lmdeploy_service_api_server_argv": serve_args(s),
         "lmdeploy_service_api_port": s.serving.port,
         "lmdeploy_service_gradio_port": s.gradio.port,
     }

@@ -300,8 +300,10 @@ def test_api_server_unit_runs_the_rendered_argv_with_a_root_only_key(target: Pat
     s = load_settings("default")
     unit = (target / "etc/systemd/system/lmdeploy-api.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    expected = ["/opt/lmdeploy/env/bin/lmdeploy", *serve_args(s, api_key=API_KEY_PLACEHOLDER)[1:]]
+    expected = ["/opt/lmdeploy/env/bin/python", "-m", "kit.serve", "--", *serve_args(s)]
     assert exec_start.removeprefix("ExecStart=").split() == expected
+    assert "--api-keys" not in exec_start and API_KEY_PLACEHOLDER not in exec_start
+    assert "WorkingDirectory=/opt/lmdeploy/kit" in unit and (target / "opt/lmdeploy/kit/kit/serve.py").exists()
     assert f"User={s.provision.service_user}" in unit and "Restart=on-failure" in unit
     secrets = target / "etc/lmdeploy/api-key.env"
     st = secrets.stat()
