@@ -11,7 +11,8 @@ State ($FAKE_KUBE_STATE/state.json), all optional:
   markers: {path: marker}   what `python -m kit.markers show --json` prints in the reader pod
   job_polls: N              `get job` answers Active N times after creation, then Complete
   serve_running: bool       a Running serving pod exists (exec target)
-Calls are appended to $FAKE_KUBE_STATE/calls.jsonl as {"argv": [...], "jobs": {name: state}, "stdin_kinds": [...]}.
+Calls are appended to $FAKE_KUBE_STATE/calls.jsonl as {"argv": [...] (without --context, -n, --request-timeout),
+"rc", "stdin_kinds", "stdin_api": [[apiVersion, kind]], "jobs": {name: state at that moment}}.
 """
 
 from __future__ import annotations
@@ -177,9 +178,16 @@ def main() -> int:
             continue
         clean.append(a)
     rc = answer(clean, stdin, state)
-    kinds = [d["kind"] for d in yaml.safe_load_all(stdin) if d] if stdin.strip() else []
+    docs = [d for d in yaml.safe_load_all(stdin) if d] if stdin.strip() else []
+    call = {
+        "argv": clean,
+        "rc": rc,
+        "stdin_kinds": [d["kind"] for d in docs],
+        "stdin_api": [[d["apiVersion"], d["kind"]] for d in docs],
+        "jobs": dict(state.get("job_states", {})),
+    }
     with open(STATE_DIR / "calls.jsonl", "a") as f:
-        f.write(json.dumps({"argv": clean, "rc": rc, "stdin_kinds": kinds, "jobs": dict(state.get("job_states", {}))}) + "\n")
+        f.write(json.dumps(call) + "\n")
     save(state)
     return rc
 
