@@ -141,3 +141,28 @@ def test_training_ids_are_what_lmdeploy_feeds_the_engine(tmp_path, monkeypatch):
         f"The answer is {problems[0].answer}.<|im_end|>"
     )
     assert problems[0].question not in trained and problems[0].question in tokenizer.decode(ids)
+
+
+def test_shared_prefix_training_step_equals_the_full_one(tmp_path, monkeypatch):
+    """train_fc computes the tools block once per batch: same loss and gradients as whole sequences."""
+    import random
+
+    import torch
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    tokenizer = train_fc.build_dirs(tmp_path)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    model = train_fc.new_model(train_fc.new_config(tokenizer, shape), seed=0)
+    data = train_fc.build_data(tmp_path, train_fc.make_problems(40, seed=2), train_fc.lmdeploy_tools(), workers=1)
+    prefix = train_fc.common_prefix(data)
+    assert tokenizer.decode(data[0][0][:prefix]).endswith("<|im_start|>user\n")  # the tools block and the user header
+    ids, labels = next(train_fc.batches(data, 4, tokenizer.pad_token_id, random.Random(0), "cpu"))
+    grads = []
+    for shared in (False, True):
+        model.zero_grad()
+        loss = train_fc.shared_prefix_loss(model, ids, labels, prefix) if shared else model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        grads.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-3, atol=1e-6)
+    assert train_fc.pick_prefix(model, ids, labels, prefix) == prefix

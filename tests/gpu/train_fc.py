@@ -351,6 +351,48 @@ def batches(data: list[tuple[list[int], list[int]]], size: int, pad: int, rng: r
         yield ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
+def common_prefix(data: list[tuple[list[int], list[int]]]) -> int:
+    """Tokens every dialogue starts with (bos, the tools block, the user turn's header); none of them is trained on."""
+    first = data[0][0]
+    n = min(len(ids) for ids, _ in data) - 1
+    for ids, _ in data:
+        while ids[:n] != first[:n]:
+            n -= 1
+    assert all(y == -100 for _, labels in data for y in labels[:n]), "a shared prefix token carries a label"
+    return n
+
+
+def shared_prefix_loss(model: Any, ids: Any, labels: Any, prefix: int) -> Any:
+    """The batch's loss with the common prefix computed once and its KV cache repeated over the batch.
+
+    The same numbers as model(input_ids=ids, labels=labels).loss (causal attention, identical prefix),
+    at about half the cost: the tools block is over half of every dialogue.
+    """
+    cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    return model(input_ids=ids[:, prefix:], labels=labels[:, prefix:], past_key_values=cache).loss
+
+
+def pick_prefix(model: Any, ids: Any, labels: Any, prefix: int) -> int:
+    """`prefix` when the shared-prefix loss equals the full one on this batch (fp32), else 0 (full sequences)."""
+    import torch
+
+    if prefix < 1:
+        return 0
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, labels=labels).loss.item()
+            shared = shared_prefix_loss(model, ids, labels, prefix).item()
+    except Exception as exc:  # another transformers' cache API: train on full sequences
+        log.warning("shared-prefix training unavailable (%s: %s); full sequences", type(exc).__name__, exc)
+        return 0
+    if abs(full - shared) > 1e-3 * max(1.0, full):
+        log.warning("shared-prefix loss %.6f != full loss %.6f; full sequences", shared, full)
+        return 0
+    log.info("shared prefix of %d tokens computed once per batch (loss %.6f both ways)", prefix, full)
+    return prefix
+
+
 def train(model: Any, data: list[tuple[list[int], list[int]]], args: argparse.Namespace, pad: int) -> dict[str, Any]:
     import torch
 
@@ -369,13 +411,15 @@ def train(model: Any, data: list[tuple[list[int], list[int]]], args: argparse.Na
     losses: list[tuple[int, float]] = []
     t0 = time.perf_counter()
     stream = batches(data, args.batch, pad, random.Random(args.seed + 1), device)
+    probe = next(batches(data, min(8, args.batch), pad, random.Random(args.seed + 2), device))
+    prefix = pick_prefix(model, *probe, common_prefix(data)) if args.share_prefix else 0
     step = 0
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         ids, labels = next(stream)
         with amp:  # right padding under a causal mask: no real token sees a pad, pads carry no label
-            loss = model(input_ids=ids, labels=labels).loss
+            loss = shared_prefix_loss(model, ids, labels, prefix) if prefix else model(input_ids=ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -389,7 +433,7 @@ def train(model: Any, data: list[tuple[list[int], list[int]]], args: argparse.Na
         if args.seconds and time.perf_counter() - t0 > args.seconds:
             log.info("stopping at step %d: --seconds %s reached", step, args.seconds)
             break
-    return {"steps": step + 1, "train_seconds": round(time.perf_counter() - t0, 1), "losses": losses}
+    return {"steps": step + 1, "train_seconds": round(time.perf_counter() - t0, 1), "shared_prefix": prefix, "losses": losses}
 
 
 def greedy_round_trip(model: Any, tokenizer: Any, question: str, device: str, max_new: int = 64) -> dict[str, Any]:
@@ -445,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default %(default)s)")
     p.add_argument("--seconds", type=float, default=0, help="stop training after this many seconds (0: no limit)")
     p.add_argument("--target-loss", type=float, default=0.003, help="stop once three logged losses are below this (0: never)")
+    p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false", help="run every dialogue's common prefix per sequence")
     p.add_argument("--batch", type=int, default=64, help="dialogues per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--check", type=int, default=50, help="dialogues checked against lmdeploy's template + tokenizer (default %(default)s)")
