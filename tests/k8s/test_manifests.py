@@ -585,7 +585,8 @@ def netpol_world(docs: list[dict[str, Any]]) -> tuple[Policies, dict[str, Pod]]:
     pods = workload_pods(docs)
     ns = next(iter(pods.values())).namespace
     pods["client"] = Pod("client", ns, {**CLIENT_LABEL, "app": "mine"})
-    pods["stranger"] = Pod("stranger", ns, {"app": "other"})
+    # Another workload of the namespace with an open `http` port: no kit pod may reach it.
+    pods["stranger"] = Pod("stranger", ns, {"app": "other"}, {"http": (8080, "TCP")})
     return Policies(docs), pods
 
 
@@ -601,6 +602,7 @@ def test_egress_is_denied_unless_a_policy_allows_it(docs: list[dict[str, Any]]) 
         assert net.connects(src, DNS, 53, "UDP") and net.connects(src, DNS, 53, "TCP"), src.name
         assert net.connects(src, serve, api), src.name
         assert not net.connects(src, serve, api + 1) and not net.connects(src, HUB, 443), src.name
+        assert not net.connects(src, pods["stranger"], 8080), src.name
     assert net.connects(fetch, DNS, 53, "UDP") and net.connects(fetch, HUB, 443)
     assert not net.connects(fetch, HUB, 80) and not net.connects(fetch, serve, api)
     assert not net.connects(pods["stranger"], HUB, 443) and not net.connects(pods["stranger"], serve, api)
