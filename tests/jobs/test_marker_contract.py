@@ -171,3 +171,50 @@ def test_marker_writer_is_atomic_and_validated(tmp_path: Path) -> None:
     assert markers.read_or_none(tmp_path) is None
     with pytest.raises(markers.MarkerError, match="input_fingerprint"):
         markers.build(markers.QUANTIZE, fingerprint="a" * 64, request_fp="b" * 64, sizes={"total_bytes": 1}, versions={})
+
+
+@pytest.mark.slow
+def test_fetch_rerun_is_a_no_op_and_a_changed_source_fetches_again(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from jobs import fetch
+    from tests.jobs._helpers import settings_args
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama, src)
+    root = tmp_path / "store"
+    args = settings_args(root, extra=[f"model.source={src}"])
+    assert fetch.main(args) == 0
+    first = markers.read(root / "tiny", markers.FETCH)
+    weights = root / "tiny" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    assert fetch.main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert markers.read(root / "tiny", markers.FETCH) == first and weights.stat().st_mtime_ns == mtime
+    # the source changed: fetched again, new content fingerprint
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "kit_test_note": "changed"}))
+    assert fetch.main(args) == 0
+    again = markers.read(root / "tiny", markers.FETCH)
+    assert again is not None and again["fingerprint"] != first["fingerprint"]
+    assert again["request_fingerprint"] == first["request_fingerprint"]
+
+
+@pytest.mark.slow
+def test_quantize_refreshes_a_stale_request_without_quantizing(store: Path) -> None:
+    from jobs import quantize
+    from tests.jobs._helpers import settings_args
+
+    assert quantize.main(settings_args(store)) == 0
+    out = store / "tiny-w4a16-4bit"
+    first = markers.read(out, markers.QUANTIZE)
+    weights_mtime = (out / "model.safetensors").stat().st_mtime_ns
+    # Only the settings' lmdeploy label differs (the installed lmdeploy, and so the output, is the same).
+    assert quantize.main(settings_args(store, extra=["versions.lmdeploy=0.18.1"])) == 0
+    second = markers.read(out, markers.QUANTIZE)
+    assert second is not None and first is not None
+    assert second["fingerprint"] == first["fingerprint"] and second["request_fingerprint"] != first["request_fingerprint"]
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights_mtime

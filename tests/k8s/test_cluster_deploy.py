@@ -344,3 +344,21 @@ def test_a_finished_job_is_deleted_and_recreated(
     delete = argvs.index(["delete", "job", FETCH, "--wait=true", "--cascade=foreground"])
     apply_job = next(i for i, c in enumerate(fake.calls()) if c["stdin_kinds"] == ["Job"])
     assert delete < apply_job
+
+
+@pytest.mark.parametrize(("minor", "expect_exec"), [("29", True), ("30", False)])
+def test_deploy_patches_prestop_sleep_on_old_servers(
+    minor: str, expect_exec: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = load_settings("fc")
+    state = {
+        "secrets": [s.serving.api_key_secret],
+        "namespaces": [s.kubernetes.namespace],
+        "version": {"serverVersion": {"major": "1", "minor": minor, "gitVersion": f"v1.{minor}.4"}},
+    }
+    fake = FakeCluster(tmp_path, state)
+    fake.env(monkeypatch)
+    assert _deploy("fc") == 0, capsys.readouterr().err
+    applied = json.loads((fake.dir / "state.json").read_text())["objects"][f"deployments/{SERVE}"]
+    pre = applied["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+    assert ("exec" in pre) is expect_exec and ("sleep" in pre) is not expect_exec, pre
