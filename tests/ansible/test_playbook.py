@@ -66,7 +66,7 @@ def _wheel_pins() -> list[str]:
     d = _role_defaults("python_env")
     v = load_settings("default").versions
     return [
-        f"torch=={_venv_torch()}",
+        f"torch==={_venv_torch()}",  # === : exactly .venv's build, never a +cpu/+cuXXX sibling
         f"transformers=={v.transformers}",
         f"openai=={d['python_env_openai_version']}",
         *d["python_env_minimal_packages"],
