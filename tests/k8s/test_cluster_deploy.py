@@ -191,11 +191,46 @@ def fetched_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     return store, settings, model
 
 
+def _reader_pod_output(store: Path, s: Any, profile: str = "default") -> dict[str, Any]:
+    """Run the marker reader pod's own container command, its PVC mountPath mapped to the store."""
+    pod = plan.marker_reader_pod(s, build(REPO / "k8s/overlays" / profile), "reader")
+    (container,) = pod["spec"]["containers"]
+    mount = container["volumeMounts"][0]["mountPath"]
+    argv = [a.replace(mount, str(store), 1) if a.startswith(mount + "/") else a for a in container["command"]]
+    assert argv[0] == "python"
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {k.replace(str(store), mount, 1): v for k, v in json.loads(proc.stdout).items()}
+
+
+def test_reader_pod_needs_no_gpu_and_passes_the_restricted_profile(tmp_path: Path) -> None:
+    s = load_settings("default")
+    docs = build(REPO / "k8s/overlays/default")
+    pod = plan.marker_reader_pod(s, docs, "lmdeploy-markers-1")
+    spec, (container,) = pod["spec"], pod["spec"]["containers"]
+    assert not any("gpu" in key for key in container["resources"]["limits"])
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in container["env"]
+    assert container["volumeMounts"][0]["readOnly"] and spec["volumes"][0]["persistentVolumeClaim"]["readOnly"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lmdeploy-model"
+    # restricted Pod Security Standard (the namespace enforces it)
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    # the fetch pod's scheduling fields travel with it (the volume is read where it lives)
+    fetch = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == FETCH)["spec"]["template"]["spec"]
+    for key in ("tolerations", "nodeSelector", "affinity", "priorityClassName"):
+        assert spec.get(key) == fetch.get(key)
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    proc = subprocess.run([str(REPO / ".venv/bin/kubernetes-validate"), "--strict", "--quiet", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 def test_unchanged_store_skips_both_jobs_and_a_change_runs_the_right_one(fetched_store: tuple[Path, Path, Path]) -> None:
     store, settings, model = fetched_store
     s = load_settings("default", settings, {"model": {"source": str(model)}})
-    found = plan.markers_by_stage(s, _shown(store, s))
+    found = plan.markers_by_stage(s, _reader_pod_output(store, s))
     assert not plan.decide_stage(s, markers.FETCH, found).run
     assert not plan.decide_stage(s, markers.QUANTIZE, found).run
     # AWQ parameters changed: quantize runs, fetch does not
