@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 from pathlib import Path
@@ -169,21 +170,24 @@ def test_readme_make_commands_run_or_resolve() -> None:
 
 
 def test_readme_kubectl_prerequisites_create_the_namespace_first() -> None:
-    """The Secrets go into a namespace the README created before them, idempotently, under the names the kit reads."""
+    """The Secrets go into a namespace the README created before them, idempotently, under the names the kit
+    reads, and their values come through stdin: a value in kubectl's argv shows in `ps` and shell history."""
     import yaml
 
     from kit.settings import load_settings
 
     s = load_settings()
     ns = s.kubernetes.namespace
-    kubectl = [c for c in readme_commands() if c.startswith(("kubectl", "export"))]
+    kubectl = [c for c in readme_commands() if "kubectl " in c]
     creates = [c for c in kubectl if " create " in c]
     assert creates and creates[0].startswith(f"kubectl create namespace {ns} "), creates
     made: dict[str, dict] = {}
     for command in creates:
-        client_side = command.split("|")[0].strip()
-        if "--dry-run=client" not in client_side:
-            client_side += " --dry-run=client -o yaml"
+        stages = [part.strip() for part in command.split("|")]
+        at = next(i for i, part in enumerate(stages) if part.startswith("kubectl ") and " create " in part)
+        if "--dry-run=client" not in stages[at]:
+            stages[at] += " --dry-run=client -o yaml"
+        client_side = " | ".join(stages[: at + 1])
         proc = _shell(client_side, {"HF_TOKEN": "hf_test", "KUBECONFIG": "/dev/null"})
         assert proc.returncode == 0, f"`{client_side}`: {proc.stderr}"
         doc = yaml.safe_load(proc.stdout)
@@ -192,6 +196,9 @@ def test_readme_kubectl_prerequisites_create_the_namespace_first() -> None:
             assert "| kubectl apply -f -" in command, "creating the namespace must be idempotent (apply)"
         else:
             assert doc["metadata"]["namespace"] == ns
+            assert "--from-literal" not in stages[at] and "$(" not in stages[at], f"a Secret value in kubectl's argv: {command}"
+            value = base64.b64decode(next(iter(doc["data"].values()))).decode()
+            assert value and value == value.strip(), f"`{command}` stores {value!r}: empty, or a newline the clients would send"
     assert f"Namespace/{ns}" in made
     assert set(made[f"Secret/{s.serving.api_key_secret}"]["data"]) == {"api-key"}
     assert set(made[f"Secret/{s.serving.hub_token_secret}"]["data"]) == {"token"}
