@@ -380,7 +380,19 @@ def diagnose(ns: str, pods: list[Doc], events: list[Doc], pvcs: list[Doc]) -> li
     """Every problem visible in one poll (`get pods`, `get events`, `get pvc` JSON items)."""
     names = {p["metadata"]["name"] for p in pods}
     phases = {p["metadata"]["name"]: (p.get("status") or {}).get("phase", "") for p in pvcs}
-    out = [problem for pod in pods for problem in diagnose_pod(ns, pod)]
+    # The cluster autoscaler is adding a node for these: Unschedulable is expected until it joins
+    # (the Job's or rollout's own deadline still bounds the wait).
+    scaling = {
+        (ev.get("involvedObject") or {}).get("name")
+        for ev in events
+        if ev.get("reason") == "TriggeredScaleUp" and ev.get("type") == "Normal"
+    }
+    out = [
+        problem
+        for pod in pods
+        for problem in diagnose_pod(ns, pod)
+        if not (problem.reason == "Unschedulable" and pod["metadata"]["name"] in scaling)
+    ]
     return out + diagnose_events(ns, events, names, phases)
 
 

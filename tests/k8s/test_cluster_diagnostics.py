@@ -62,7 +62,7 @@ def test_each_problem_is_named_with_the_next_command(name: str, reason: str, in_
     assert p.grace_s + cluster.POLL_S < 60  # ends the wait within a minute
 
 
-@pytest.mark.parametrize("name", ["healthy_init_wait", "waiting_for_first_consumer"])
+@pytest.mark.parametrize("name", ["healthy_init_wait", "waiting_for_first_consumer", "unschedulable_scaling_up"])
 def test_normal_waiting_is_not_a_problem(name: str) -> None:
     assert problems(name) == []
 
