@@ -13,7 +13,7 @@
 # Needs root (debootstrap, chroot, mounts). The debootstrapped base is cached as a tarball under
 # $KIT_FRESH_CACHE (default /var/tmp/kit-fresh); delete it to start from a new snapshot of Debian.
 # This machine's CA certificates (/usr/local/share/ca-certificates) are copied in, so a TLS-inspecting
-# proxy works for apt and pip. The full log is <root>.log next to the root.
+# proxy works for apt and pip. Each run's full log is <root>-<UTC time>.log next to the root.
 set -euo pipefail
 
 cache=${KIT_FRESH_CACHE:-/var/tmp/kit-fresh}
@@ -105,7 +105,7 @@ main() {
     shift
   done
   [ "$(id -u)" -eq 0 ] || { log "needs root (debootstrap, chroot, mounts)"; exit 2; }
-  local repo commit rc summary
+  local repo commit rc summary out
   repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
   commit=$(git -C "$repo" rev-parse --verify -q "$rev^{commit}") || { log "no such commit: $rev"; exit 2; }
   mkdir -p "$cache"
@@ -118,17 +118,18 @@ main() {
   trap cleanup EXIT
   mount_all
   checkout "$repo" "$commit"
-  log "running '$cmd' at ${commit:0:12} in $root (log: $root.log)"
+  out=$root-$(date -u +%Y%m%dT%H%M%S).log
+  log "running '$cmd' at ${commit:0:12} in $root (log: $out)"
 
   set +e
   chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    bash -c "cd /root/lmdeploy-kit && $cmd" >"$root.log" 2>&1
+    bash -c "cd /root/lmdeploy-kit && $cmd" >"$out" 2>&1
   rc=$?
   set -e
-  summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$root.log" | tail -1 || true)
-  echo "${summary:-(no pytest summary line; tail of $root.log:)}"
-  [ -n "$summary" ] || tail -30 "$root.log"
+  summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$out" | tail -1 || true)
+  echo "${summary:-(no pytest summary line; tail of $out:)}"
+  [ -n "$summary" ] || tail -30 "$out"
   echo "exit status $rc at ${commit:0:12}"
   return "$rc"
 }
