@@ -6,6 +6,7 @@
 # tests.support.replay's recorder. Results in $OUT/funcall_trained.tgz: fc/recorded/*.json, fc/verdicts.json and
 # fc/train-fc.json are what tests/fixtures/funcall_trained/ holds; the logs beside them.
 #   PYTHONPATH=/tmp/site bash tests/gpu/fc_roundtrip.sh        # env: TRAIN_ARGS, BACKEND, CACHE, REUSE
+# The committed fixtures: TRAIN_ARGS="--steps 5000 --lr 1e-3 --seconds 140" (stopped at step 1867, loss 0.0023).
 set -uo pipefail
 : "${PYTHONPATH:?set PYTHONPATH to the unpacked lmdeploy bundle (see tests/gpu/README.md)}"
 : "${OUT:?set OUT to the folder for the results}"
