@@ -129,7 +129,9 @@ def test_role_defaults_agree_in_defaults_argument_specs_and_readme(role: str) ->
     assert not missing, f"{role}: meta/argument_specs.yml lacks {missing}"
     for entry, key, spec in specs:
         if "default" in spec:
-            assert key in defaults and spec["default"] == defaults[key], f"{role}: argument_specs ({entry}) default of {key} != defaults/main.yml"
+            assert key in defaults and spec["default"] == defaults[key], (
+                f"{role}: argument_specs ({entry}) default of {key} != defaults/main.yml"
+            )
     readme: dict[str, Any] = {}
     for block in re.findall(r"```yaml\n(.*?)```", (base / "README.md").read_text(), re.S):
         data = yaml.safe_load(block)
