@@ -127,7 +127,8 @@ main() {
     bash -c "cd /root/lmdeploy-kit && $cmd" >"$out" 2>&1
   rc=$?
   set -e
-  summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*=+$' "$out" | tail -1 || true)
+  # pytest's last line: "==== 1 failed, 347 passed ... in 2008.67s (0:33:28) ====" (no = under -q).
+  summary=$(grep -E '^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s( \([0-9:]+\))?( =+)?$' "$out" | tail -1 || true)
   echo "${summary:-(no pytest summary line; tail of $out:)}"
   [ -n "$summary" ] || tail -30 "$out"
   echo "exit status $rc at ${commit:0:12}"

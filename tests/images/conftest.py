@@ -82,17 +82,24 @@ def _sh(cmd: list[str], **kw) -> None:
 
 
 # What runc says when the kernel or the sandbox around this machine refuses it a container.
-_FORBIDDEN = re.compile(r"operation not permitted|permission denied|pivot_root|namespace|newuidmap|cannot clone", re.I)
+_FORBIDDEN = re.compile(r"operation not permitted|permission denied|pivot_root|propagation|namespace|newuidmap|cannot clone", re.I)
+
+
+def _refusal(detail: str) -> str:
+    """The skip reason, naming the cause: / not a mount point (a plain chroot) or the kernel's refusal."""
+    if re.search(r"pivot_root|propagation", detail):
+        return f"containers cannot start here: / is not a mount point (a chroot? bind-mount the root onto itself): {detail}"
+    return f"nested containers are forbidden here: the kernel refuses new namespaces: {detail}"
 
 
 def _skip_if_nested_containers_are_forbidden() -> None:
-    """Skip (naming the cause) where the kernel refuses the namespaces a container needs."""
+    """Skip where the namespaces a container needs cannot be made (before any download or build)."""
     cmd = ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net"]
     cmd += [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     res = subprocess.run([*cmd, "true"], capture_output=True, text=True)
     if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
-        pytest.skip(f"nested containers are forbidden here: the kernel refuses new namespaces ({' '.join(cmd)}: {why})")
+        pytest.skip(_refusal(f"{' '.join(cmd)}: {why}"))
 
 
 def _skip_if_podman_cannot_run(pm: Podman) -> None:
@@ -103,8 +110,7 @@ def _skip_if_podman_cannot_run(pm: Podman) -> None:
     lines = [line for line in res.stderr.splitlines() if _FORBIDDEN.search(line)]
     if not lines:
         pytest.fail(f"podman cannot run {MINBASE} ({res.returncode}):\n{res.stderr[-3000:]}")
-    hint = " (/ is not a mount point: a chroot? bind-mount the root onto itself)" if "pivot_root" in lines[-1] else ""
-    pytest.skip(f"nested containers are forbidden here{hint}: podman run: {lines[-1].strip()[-300:]}")
+    pytest.skip(_refusal(f"podman run: {lines[-1].strip()[-300:]}"))
 
 
 def _minbase_tar() -> Path:
