@@ -82,12 +82,14 @@ def _sh(cmd: list[str], **kw) -> None:
 
 
 # What runc says when the kernel or the sandbox around this machine refuses it a container.
-_FORBIDDEN = re.compile(r"operation not permitted|permission denied|pivot_root|propagation|namespace|newuidmap|cannot clone", re.I)
+# "mount /, flags" / pivot_root / propagation: runc in a plain chroot, whose / is no mount point.
+_NOT_A_MOUNT = r"pivot_root|propagation|mount /, flags"
+_FORBIDDEN = re.compile(rf"operation not permitted|permission denied|{_NOT_A_MOUNT}|namespace|newuidmap|cannot clone", re.I)
 
 
 def _refusal(detail: str) -> str:
     """The skip reason, naming the cause: / not a mount point (a plain chroot) or the kernel's refusal."""
-    if re.search(r"pivot_root|propagation", detail):
+    if re.search(_NOT_A_MOUNT, detail):
         return f"containers cannot start here: / is not a mount point (a chroot? bind-mount the root onto itself): {detail}"
     return f"nested containers are forbidden here: the kernel refuses new namespaces: {detail}"
 
