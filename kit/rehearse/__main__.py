@@ -2,8 +2,10 @@
 
     python -m kit.rehearse --profile seed --model-source DIR [--until serve-started|ready] [--json]
 
-Takes exactly what `kubectl kustomize k8s/overlays/<profile>` renders and plays kubelet: the fetch
-and quantize Jobs run to completion (backoffLimit respected), then the serving Deployment's pod:
+Takes exactly what `kubectl kustomize k8s/overlays/<profile>` renders and plays kubelet. First
+kit.cluster deploy's marker reader pod (no GPU, the store read-only) decides, as deploy does, which
+Jobs must run: one whose completion marker is current starts no pod (--force-jobs runs it anyway).
+The fetch and quantize Jobs run to completion (backoffLimit respected), then the serving Deployment's pod:
 initContainers in order, the api_server with its rendered argv, startupProbe and readinessProbe
 polled, preStop on stop. Details of what is faithful and what is not: kit/rehearse/kubelet.py and
 k8s/README.md ("Rehearsal").
@@ -43,7 +45,7 @@ from typing import Any
 import yaml
 
 from kit import exitcodes, markers
-from kit.deploy_plan import deploy_steps
+from kit.deploy_plan import decide_stage, deploy_steps, marker_reader_pod, markers_by_stage
 from kit.k8s_params import OVERLAYS_DIR, SERVE
 from kit.logs import add_verbosity, setup_logging
 from kit.rehearse.kubelet import (
@@ -94,18 +96,23 @@ def needs_gpu(lines: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------- order
 
 
-def deploy_order(docs: list[dict[str, Any]], settings: Settings) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def deploy_order(
+    docs: list[dict[str, Any]], settings: Settings, skip: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """kit.cluster deploy's own steps (kit.deploy_plan.deploy_steps): the pods to rehearse in order.
 
     Returns (Jobs and the serving Deployment in deploy order, Secrets the deploy checks for, notes on
-    what is not rehearsed). Every Job runs: the entrypoints skip finished work themselves.
+    what is not rehearsed). `skip` maps a stage whose marker on the store is current to the reason, as
+    kit.cluster deploy decides it: that Job starts no pod, as on a cluster.
     """
     order: list[dict[str, Any]] = []
     secrets: list[str] = []
     notes: list[str] = []
-    for step in deploy_steps(settings, docs):
+    for step in deploy_steps(settings, docs, skip):
         if step.action == "secrets":
             secrets += step.secrets
+        elif step.action == "job" and step.skip:
+            notes.append(f"job/{step.target}: not run, {step.skip}")
         elif step.action == "job":
             order.append(step.objects[0])
         elif step.action == "rollout":
@@ -117,9 +124,9 @@ def deploy_order(docs: list[dict[str, Any]], settings: Settings) -> tuple[list[d
     return order, secrets, notes
 
 
-def rendered_settings(text: str, workdir: Path) -> Settings:
-    """The Settings the pods load from the mounted settings.yaml (as rendered, before overrides)."""
-    path = workdir / "rendered-settings.yaml"
+def rendered_settings(text: str, workdir: Path, name: str = "rendered-settings.yaml") -> Settings:
+    """The Settings the pods load from a mounted settings.yaml (as rendered, or the rehearsal's copy)."""
+    path = workdir / name
     path.write_text(text)
     profiles = list((yaml.safe_load(text) or {}).get("profiles") or {})
     try:
@@ -335,6 +342,7 @@ class Rehearsal:
         if overrides:
             cms[settings_cm] = {**cms[settings_cm], "settings.yaml": settings_override(cms[settings_cm]["settings.yaml"], overrides)}
             self.say("mounted settings.yaml copy overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        self.pod_settings = rendered_settings(cms[settings_cm]["settings.yaml"], self.workdir, "mounted-settings.yaml")
         self.report.update({"isolation": mode, "isolation_why": why, "store": str(store), "settings_overrides": overrides, "gpu": gpu})
         host = Host(
             repo=REPO_ROOT,
@@ -393,6 +401,33 @@ class Rehearsal:
             step["status"] = "Complete"
             self.say(f"job/{name} complete ({failures} failed pod(s) before)")
             return
+
+    def read_markers(self, rt: Runtime) -> dict[str, str]:
+        """kit.cluster deploy's re-deploy decision: its marker reader pod (no GPU, the PVC read-only) prints the
+        markers, kit.deploy_plan.decide_stage judges them. Returns {stage: why its Job is not run}."""
+        pod_doc = marker_reader_pod(self.pod_settings, self.docs, "lmdeploy-markers")
+        pod = new_pod(rt.host, pod_doc["metadata"]["name"], pod_doc, rt)
+        self.pods.append(pod)
+        step: dict[str, Any] = {"kind": "Pod", "name": pod_doc["metadata"]["name"], "pods": []}
+        self.report["steps"].append(step)
+        try:
+            (run, _c), *_ = start_main(pod)
+            code = rt.wait(run, float(pod_doc["spec"].get("activeDeadlineSeconds", 600)))
+            if code != 0:
+                raise PodFailed(f"the marker reader exited with {code}", run.name, run.tail())
+            shown = json.loads(run.lines[-1])
+        except (ValueError, IndexError):
+            raise PodFailed("the marker reader printed no JSON", "markers", run.tail()) from None
+        finally:
+            stop_pod(pod)
+            step["pods"].append(pod.summary())
+            cleanup_pod(pod)
+        found = markers_by_stage(self.pod_settings, shown)
+        decisions = [decide_stage(self.pod_settings, stage, found) for stage in markers.STAGES]
+        step["decisions"] = {d.stage: {"run": d.run, "reason": d.reason} for d in decisions}
+        for d in decisions:
+            self.say(f"markers: {d.stage}: {'run' if d.run else 'skip'} ({d.reason})")
+        return {d.stage: d.reason for d in decisions if not d.run}
 
     def run_serve(self, rt: Runtime, dep: dict[str, Any], step: dict[str, Any]) -> None:
         name = dep["metadata"]["name"]
@@ -497,18 +532,20 @@ class Rehearsal:
     def run(self) -> int:
         host, watch = self.setup()
         rt = Runtime(host)
-        order, needed, skipped = deploy_order(self.docs, self.settings)
-        for note in skipped:
-            self.say(note)
+        _, needed, _ = deploy_order(self.docs, self.settings)
         missing = [name for name in needed if name not in host.secrets]
         if missing:
             raise UsageError(f"Secret {missing[0]} is not in the secrets file {self.report['secrets_file']} (make deploy stops here too)")
-        self.report["skipped"] = skipped
-        self.report["order"] = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in order]
-        self.say("order: " + " -> ".join(self.report["order"]))
         watch.start()
         code = exitcodes.OK
         try:
+            skip = {} if self.args.force_jobs else self.read_markers(rt)
+            order, _, skipped = deploy_order(self.docs, self.settings, skip)
+            for note in skipped:
+                self.say(note)
+            self.report["skipped"] = skipped
+            self.report["order"] = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in order]
+            self.say("order: " + " -> ".join(self.report["order"]))
             for obj in order:
                 step: dict[str, Any] = {"kind": obj["kind"], "name": obj["metadata"]["name"], "pods": []}
                 self.report["steps"].append(step)
@@ -564,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-timeout", type=float, default=1800.0, help="cap on a Job's activeDeadlineSeconds (default 1800)")
     p.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay of a failed Job pod, doubling (kube: 10 s)")
     p.add_argument("--no-retry", action="store_true", help="fail a Job at its first failed pod")
+    p.add_argument("--force-jobs", action="store_true", help="run the Jobs even when their markers are current (kit.cluster --force-jobs)")
     p.add_argument("--then", action="append", default=[], metavar="CMD", help="shell command to run against the ready server (repeatable)")
     p.add_argument(
         "--exec",

@@ -235,7 +235,11 @@ def test_rehearsal_reaches_the_gpu(profile: str, tiny_model: Path, stores: dict[
     assert failure is None, f"{failure['reason']}\n{failure['log_tail']}"
     assert report["isolation"] == ("mountns" if ROOT else "prefix")
     jobs = [s for s in report["steps"] if s["kind"] == "Job"]
-    assert [j["name"] for j in jobs] == (["lmdeploy-fetch"] if profile == "fc" else ["lmdeploy-fetch", "lmdeploy-quantize"])
+    rendered = ["lmdeploy-fetch"] if profile == "fc" else ["lmdeploy-fetch", "lmdeploy-quantize"]
+    decided = report["steps"][0]["decisions"]  # kit.cluster deploy's marker reader pod ran first
+    assert [j["name"] for j in jobs] == [j for j in rendered if decided[j.removeprefix("lmdeploy-")]["run"]]
+    if profile != "multi-gpu":  # a fresh store: everything runs (multi-gpu re-deploys onto default's)
+        assert [j["name"] for j in jobs] == rendered
     assert all(j["status"] == "Complete" for j in jobs)
     for job in jobs:
         for c in job["pods"][-1]["containers"]:
@@ -265,6 +269,34 @@ def test_rehearsal_reaches_the_gpu(profile: str, tiny_model: Path, stores: dict[
         assert config["quantization_config"]["quant_method"] == "awq"
         assert "--model-format" in api["argv"] and api["argv"][api["argv"].index("--model-format") + 1] == "awq"
     print(f"{profile}: rehearsal {time.monotonic() - began:.1f} s; serving stopped at {serve['needs_gpu']!r}")
+
+
+def test_unchanged_redeploy_starts_no_job_and_a_changed_setting_reruns_quantize_only(
+    tiny_model: Path, stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue 15 item 2 through the real parts: the jobs wrote the markers, kit.cluster's reader pod reads them
+    (no GPU), kit.deploy_plan decides; an unchanged re-deploy starts no Job pod (none asks for a GPU)."""
+    store = stores["seed"]
+    if "seed" not in _reports:
+        code, first, err = rehearse("seed", tmp_path / "first", "--model-source", str(tiny_model), store=store)
+        assert first and first["failure"] is None, err[-2000:]
+    code, again, err = rehearse("seed", tmp_path / "again", "--model-source", str(tiny_model), store=store)
+    assert code == 0 and again["failure"] is None, err[-2000:]
+    reader = again["steps"][0]
+    assert reader["kind"] == "Pod" and reader["pods"][0]["containers"][0]["exit_code"] == 0
+    assert {stage: d["run"] for stage, d in reader["decisions"].items()} == {"fetch": False, "quantize": False}
+    assert [s["kind"] for s in again["steps"]] == ["Pod", "Deployment"], again["steps"]
+    assert again["steps"][-1]["outcome"] == "needs-gpu"
+    assert sum("not run, " in note and "output is current" in note for note in again["skipped"]) == 2
+
+    code, changed, err = rehearse(
+        "seed", tmp_path / "changed", "--model-source", str(tiny_model), "--set", "quantization.calib_samples=5", store=store
+    )
+    assert code == 0 and changed["failure"] is None, err[-2000:]
+    decisions = changed["steps"][0]["decisions"]
+    assert not decisions["fetch"]["run"] and decisions["quantize"]["run"]
+    assert "settings changed" in decisions["quantize"]["reason"]
+    assert [(s["name"], s["status"]) for s in changed["steps"] if s["kind"] == "Job"] == [("lmdeploy-quantize", "Complete")]
 
 
 def test_prefix_path_rehearses_fc(tiny_model: Path, tmp_path: Path) -> None:
@@ -326,7 +358,7 @@ def test_a_marker_renamed_on_one_side_fails_at_the_init_container(tiny_model: Pa
         "default", tmp_path / "run", "--overlay", str(overlay), "--model-source", str(tiny_model), "--init-timeout", "3"
     )
     assert code == 1, err[-2000:]
-    assert report["steps"][0]["status"] == "Complete"
+    assert next(s for s in report["steps"] if s["name"] == "lmdeploy-fetch")["status"] == "Complete"
     assert "initContainer wait-for-fetch did not finish" in report["failure"]["reason"]
     assert report["failure"]["container"] == "wait-for-fetch"
 
