@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kit import entry, exitcodes, markers
+from kit.atomic import fsync_dir as fsync_dir  # re-exported for the jobs
+from kit.atomic import write_json_atomic as write_json_atomic
 from kit.entry import SETTINGS_ENV_HELP, KitError, add_settings_options
 from kit.entry import settings_from as settings_from  # re-exported for the jobs
 
@@ -123,26 +125,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write beside, fsync, rename: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

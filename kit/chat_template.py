@@ -15,9 +15,10 @@ the model answers `<|action_start|><|plugin|>\\n{"name": ..., "parameters": {...
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from kit.atomic import write_text_atomic
 
 TOOL_OPEN = "<|action_start|><|plugin|>"
 TOOL_CLOSE = "<|action_end|>"
@@ -108,17 +109,8 @@ def install(model_dir: Path) -> bool:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a model directory with a tokenizer") from None
     cfg["chat_template"] = TOOLS_TEMPLATE
-    _write_atomic(path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     jinja = model_dir / "chat_template.jinja"
     if jinja.exists():
-        _write_atomic(jinja, TOOLS_TEMPLATE)
+        write_text_atomic(jinja, TOOLS_TEMPLATE)
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

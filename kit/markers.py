@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kit.atomic import write_json_atomic
+
 if TYPE_CHECKING:
     from kit.settings import Settings
 
@@ -169,18 +171,7 @@ def write(directory: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     if problems:
         raise MarkerError(f"refusing to write an invalid marker into {directory}: {'; '.join(problems)}")
     path = Path(path_in(directory))
-    tmp = path.with_name(f"{FILE_NAME}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_json_atomic(path, data)
     return path
 
 
