@@ -73,6 +73,8 @@ cleanup() {
     esac
   done
   umount -R "$root" 2>/dev/null || umount -R -l "$root" 2>/dev/null || true
+  # Mounts made below the root by hand or by podman (its storage), deepest first.
+  awk -v r="$root/" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   if [ "$keep" -eq 0 ]; then
     rm -rf --one-file-system "$root"
   else
