@@ -48,6 +48,7 @@ from kit import exitcodes, markers
 from kit.deploy_plan import decide_stage, deploy_steps, marker_reader_pod, markers_by_stage
 from kit.k8s_params import OVERLAYS_DIR, SERVE
 from kit.logs import add_verbosity, setup_logging
+from kit.rehearse import sandbox
 from kit.rehearse.kubelet import (
     Host,
     PodFailed,
@@ -216,21 +217,7 @@ def choose_isolation(requested: str, workdir: Path) -> tuple[str, str]:
         "scratch": str(probe / "root"),
         "mounts": [{"target": "/rehearse-probe", "source": str(probe), "readonly": True}],
     }
-    read_fd, write_fd = os.pipe()
-    with os.fdopen(write_fd, "w") as f:
-        json.dump(spec, f)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "kit.rehearse.sandbox", str(read_fd)],
-            pass_fds=(read_fd,),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT)},
-            check=False,
-        )
-    finally:
-        os.close(read_fd)
+    proc = sandbox.run_once(spec, REPO_ROOT)
     shutil.rmtree(probe, ignore_errors=True)
     if proc.returncode == 0:
         return "mountns", "private mount namespace, bind mounts at the real mountPaths, runAsUser applied"

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from kit.rehearse import sandbox
 from kit.rehearse.expand import EnvError, container_env, expand
 from kit.rehearse.image import ImageConfig, ImageError, container_argv, read_image
 
@@ -327,17 +328,9 @@ class Runtime:
             return os.path.exists(self.translate(path, mounts))
         scratch = Path(tempfile.mkdtemp(prefix=".view-", dir=pod_dir))
         spec = {**run.launch, "argv": ["test", "-e", path], "env": {"PATH": "/usr/bin:/bin"}, "scratch": str(scratch)}
-        read_fd, write_fd = os.pipe()
-        with os.fdopen(write_fd, "w") as f:
-            json.dump(spec, f)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "kit.rehearse.sandbox", str(read_fd)],
-                pass_fds=(read_fd,), capture_output=True, timeout=60, check=False,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.host.repo)},
-            )  # fmt: skip
+            proc = sandbox.run_once(spec, self.host.repo)
         finally:
-            os.close(read_fd)
             shutil.rmtree(scratch, ignore_errors=True)
         return proc.returncode == 0
 

@@ -19,6 +19,7 @@ import ctypes
 import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,25 @@ def enter(spec: dict[str, Any]) -> None:
         os.setgroups([int(g) for g in spec.get("groups") or []])
         os.setgid(int(gid if gid is not None else 0))
         os.setuid(int(uid))
+
+
+def run_once(spec: dict[str, Any], repo: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `spec` in a sandbox to completion (the isolation probe, a look into a container's view)."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as f:
+        json.dump(spec, f)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "kit.rehearse.sandbox", str(read_fd)],
+            pass_fds=(read_fd,),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(repo)},
+            check=False,
+        )
+    finally:
+        os.close(read_fd)
 
 
 def main(argv: list[str] | None = None) -> int:
