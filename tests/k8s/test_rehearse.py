@@ -125,8 +125,10 @@ def test_deploy_order_jobs_then_serving() -> None:
 
 def test_cmdline_watch_sees_a_secret_in_argv() -> None:
     value = "s3cr3t-" + os.urandom(8).hex()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", value])
+    code = "import time; print('started', flush=True); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code, value], stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"  # exec'd: its own argv is in /proc
         watch = CmdlineWatch({"api/key": value}, lambda t: t.replace(value, "<secret>"))
         watch.scan()
     finally:
