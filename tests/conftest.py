@@ -17,6 +17,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for key in list(os.environ):
         if key.startswith(("KIT_", "OPENAI_", "LMDEPLOY_")) or key in {"PROFILE", "HF_TOKEN"}:
             monkeypatch.delenv(key, raising=False)
+    # Under `make test ARGS=...`, make exports its flags and command-line variables (ARGS too) to every
+    # make a test starts: drop them so that make runs as the user's own top-level make.
+    for key in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "INVENTORY", "CONTEXT", "NAMESPACE"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
