@@ -125,6 +125,9 @@ class ServingSettings(_Section):
     cache_max_entry_count: float = Field(0.8, gt=0.0, lt=1.0, description="Fraction of free GPU memory given to the KV cache (0 < x < 1).")
     session_len: int | None = Field(None, ge=256, le=1048576, description="Max tokens per session; empty = model default.")
     max_batch_size: int | None = Field(None, ge=1, le=4096, description="Max concurrent sequences; empty = lmdeploy's default for the GPU.")
+    max_prefill_token_num: int | None = Field(
+        None, ge=256, le=262144, description="Prompt tokens prefilled per engine step (`--max-prefill-token-num`); empty = lmdeploy's 8192."
+    )
     port: int = Field(23333, ge=1024, le=65535, description="api_server port.")
     tp: int = Field(1, ge=1, le=8, description="Tensor parallelism (GPUs per replica).")
     tool_call_parser: Literal["internlm", "qwen", "llama3", "none"] = Field(

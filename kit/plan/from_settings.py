@@ -50,6 +50,7 @@ def inputs_from_settings(s: Settings, shape: ModelShape | None = None) -> PlanIn
         session_len=sv.session_len,
         tp=sv.tp,
         max_batch_size=sv.max_batch_size,
+        **({"max_prefill_token_num": sv.max_prefill_token_num} if sv.max_prefill_token_num else {}),
         awq=awq,
         awq_group_size=group,
     )
