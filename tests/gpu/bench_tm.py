@@ -1,15 +1,19 @@
 """`make bench` on TurboMind, the kit's default backend: honest kit-vs-bare throughput and the
 capacity-bound load that decides whether AWQ + a quantized KV cache pays.
 
-    python -m tests.gpu.bench_tm --out build/bench-tm                 # everything, ~9 min on an H200 (7.5 without awq-kv8)
+    python -m tests.gpu.bench_tm --out build/bench-tm                 # everything, ~17 min on an H200
     python -m tests.gpu.bench_tm --out build/bench-tm --stages pairs  # reuse the models in --workdir
+    python -m tests.gpu.bench_tm --stages sweep --sweep-prefill 8192,16384,32768   # tune the prefill budget
 
 Stages:
   model     random-weight Llama of the internlm2_5-1_8b-chat shape (tests/gpu/build_model.py)
   quantize  `python -m jobs.quantize` with the default profile (AWQ W4A16 g128)
+  sweep     (with --sweep-prefill) one --sweep-config server per serving.max_prefill_token_num under the
+            capacity load; with --adopt the fastest value is used by the stages after it
   capacity  kit-rendered servers (kit.render.serve_args, default profile) for fp16 weights + fp16 KV,
             AWQ + KV int4, AWQ + KV int8: batch-1 decode, then N streams of P in / O out as whole
-            (non-streamed) responses from several client processes; more streams than fp16 KV holds
+            (non-streamed) responses from several client processes; more streams than fp16 KV holds.
+            --cap-rounds rounds, the order reversed every other round (A B, B A, ...); medians compared
   pairs     kit server (rendered args) and bare server (hand-typed args, same engine config)
             alternating A B A B ..., each with the same streamed load; ready time, tok/s, TTFT
 
@@ -36,13 +40,13 @@ from typing import Any
 import yaml
 
 from kit.render import serve_args
-from kit.settings import DEFAULT_SETTINGS_PATH, Settings, deep_merge, load_settings
+from kit.settings import DEFAULT_SETTINGS_PATH, Settings, deep_merge, load_settings, parse_override
 from tests.gpu import openai_load as ol
 from tests.gpu.server import ServerRun, error_lines, gpu_memory, wait_gpu_released
 
 log = logging.getLogger("bench_tm")
 
-STAGES = ("model", "quantize", "capacity", "pairs")
+STAGES = ("model", "quantize", "sweep", "capacity", "pairs")
 SHAPE = dict(
     hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, vocab_size=92544
 )
@@ -74,13 +78,16 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         self.settings_file = self.work / "settings.bench.yaml"
-        self.results: dict[str, Any] = {"schema": 2, "backend": "turbomind", "started": _now(), "targets": TARGETS, "stages": {}}
+        self.results: dict[str, Any] = {"schema": 3, "backend": "turbomind", "started": _now(), "targets": TARGETS, "stages": {}}
         self.baseline_mib: int | None = None
+        self.adopted: list[str] = []  # overrides the sweep chose for the stages after it
 
     # -- settings -------------------------------------------------------------------------
     def write_settings(self) -> None:
         raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
         over = {"storage": {"models_root": str(self.work / "models")}, "serving": {"log_level": "INFO"}}
+        for item in [*self.args.set, *self.adopted]:
+            over = deep_merge(over, parse_override(item))
         raw["defaults"] = deep_merge(raw.get("defaults") or {}, over)
         self.settings_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.results["settings_overrides"] = over
@@ -167,20 +174,59 @@ class Bench:
         log.info("%s: %s", label, {k: v for k, v in rec.items() if k not in ("argv", "log_errors")})
         return rec
 
-    def stage_capacity(self) -> None:
+    def capacity_spec(self) -> ol.LoadSpec:
         a = self.args
-        spec = ol.LoadSpec(a.cap_streams, a.cap_streams, a.cap_in, a.cap_out, stream=False, procs=a.cap_procs, seed=7)
-        self.results["capacity"] = {"load": spec.__dict__, "configs": {}}
-        for name in a.configs:
-            s = self.settings(CAPACITY_CONFIGS[name])
+        return ol.LoadSpec(a.cap_streams, a.cap_streams, a.cap_in, a.cap_out, stream=False, procs=a.cap_procs, seed=7)
 
-            def work(base: str, model: str) -> dict[str, Any]:
-                return {"batch1": ol.batch1(base, model), "load": ol.run_load(base, model, spec).as_dict()}
+    def capacity_run(self, label: str, s: Settings, spec: ol.LoadSpec, batch1: bool = True) -> dict[str, Any]:
+        def work(base: str, model: str) -> dict[str, Any]:
+            first = {"batch1": ol.batch1(base, model)} if batch1 else {}
+            return first | {"load": ol.run_load(base, model, spec).as_dict()}
 
-            rec = self.serve(name, serve_args(s), s.serving.port, work)
-            rec["settings"] = {"quant_policy": s.serving.quant_policy, "awq": s.effective_model_format == "awq"}
-            self.results["capacity"]["configs"][name] = rec
+        rec = self.serve(label, serve_args(s), s.serving.port, work)
+        sv = s.serving
+        rec["settings"] = {
+            "quant_policy": sv.quant_policy,
+            "awq": s.effective_model_format == "awq",
+            "max_prefill_token_num": sv.max_prefill_token_num,
+        }
+        return rec
+
+    def stage_sweep(self) -> None:
+        """One server per prefill budget under the capacity load; --adopt keeps the fastest for later stages."""
+        a = self.args
+        if not a.sweep_prefill:
+            raise ValueError("the sweep stage needs --sweep-prefill N,N,...")
+        spec = self.capacity_spec()
+        runs: list[dict[str, Any]] = []
+        self.results["sweep"] = {"config": a.sweep_config, "key": "serving.max_prefill_token_num", "load": spec.__dict__, "runs": runs}
+        for value in a.sweep_prefill:
+            s = self.settings(deep_merge(CAPACITY_CONFIGS[a.sweep_config], {"serving": {"max_prefill_token_num": value}}))
+            runs.append({"value": value, **self.capacity_run(f"sweep-{value}", s, spec, batch1=False)})
             self.save()
+        ok = [r for r in runs if (r.get("load") or {}).get("tok_s") and not r["load"]["errors"]]
+        if not ok:
+            raise RuntimeError("no sweep run finished without errors")
+        best = max(ok, key=lambda r: r["load"]["tok_s"])["value"]
+        self.results["sweep"]["best"] = best
+        if a.adopt:
+            self.adopted = [f"serving.max_prefill_token_num={best}"]
+            self.write_settings()
+            self.results["sweep"]["adopted"] = True
+        log.info("sweep: fastest max_prefill_token_num=%s%s", best, " (adopted)" if a.adopt else "")
+
+    def stage_capacity(self) -> None:
+        """--cap-rounds rounds over the configs, order reversed every other round; --cap-once configs in round 1 only."""
+        a = self.args
+        spec = self.capacity_spec()
+        runs: list[dict[str, Any]] = []
+        self.results["capacity"] = {"load": spec.__dict__, "rounds": a.cap_rounds, "runs": runs}
+        for i in range(a.cap_rounds):
+            names = [c for c in a.configs if i == 0 or c not in a.cap_once]
+            for name in names if i % 2 == 0 else names[::-1]:
+                rec = self.capacity_run(f"{name}-{i}", self.settings(CAPACITY_CONFIGS[name]), spec)
+                runs.append({"config": name, "round": i, **rec})
+                self.save()
 
     def bare_argv(self, s: Settings) -> list[str]:
         """What a user types by hand for the same engine config as the kit's rendered one."""
@@ -191,6 +237,8 @@ class Bench:
             argv += ["--model-format", s.effective_model_format]
         if sv.max_batch_size:
             argv += ["--max-batch-size", str(sv.max_batch_size)]
+        if sv.max_prefill_token_num:
+            argv += ["--max-prefill-token-num", str(sv.max_prefill_token_num)]
         return argv + ["--log-level", sv.log_level]
 
     def stage_pairs(self) -> None:
@@ -213,7 +261,7 @@ class Bench:
         self.results["environment"] = {"gpu": mem.get("name"), "driver": mem.get("driver"), "gpu_total_mib": mem.get("total_mib")}
         self.results["environment"]["gpu_baseline_mib"] = self.baseline_mib
         for name in STAGES:
-            if name in self.args.stages:
+            if name in self.args.stages and (name != "sweep" or self.args.sweep_prefill):
                 self.stage(name, getattr(self, f"stage_{name}"))
         self.results["finished"] = _now()
         self.save()
@@ -248,19 +296,24 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
             "bare_ready_s": _spread([r["ready_s"] for r in runs if r["who"] == "bare" and r.get("ready_s")]),
             "basis": "median whole-run output tok/s over alternating kit/bare servers",
         }
-    cfgs = (results.get("capacity") or {}).get("configs") or {}
-
-    def tok_s(name: str) -> float | None:
-        load = (cfgs.get(name) or {}).get("load") or {}
-        return load.get("tok_s") if load and not load.get("errors") else None
-
+    cap = [r for r in (results.get("capacity") or {}).get("runs", []) if (r.get("load") or {}).get("tok_s") and not r["load"]["errors"]]
+    by_config: dict[str, list[float]] = {}
+    by_round: dict[int, dict[str, float]] = {}
+    for r in cap:
+        by_config.setdefault(r["config"], []).append(r["load"]["tok_s"])
+        by_round.setdefault(r["round"], {})[r["config"]] = r["load"]["tok_s"]
     for name in ("awq-kv4", "awq-kv8"):
-        if tok_s(name) and tok_s("fp16"):
-            value = tok_s(name) / tok_s("fp16")
+        if by_config.get(name) and by_config.get("fp16"):
+            value = statistics.median(by_config[name]) / statistics.median(by_config["fp16"])
             key = f"capacity_{name.split('-')[1]}_over_fp16"
-            target = TARGETS.get(key)
-            out[key] = {"value": round(value, 3), "basis": "whole-run output tok/s, capacity-bound load, kit default profile"}
-            if target:
+            out[key] = {
+                "value": round(value, 3),
+                "round_ratios": [round(rd[name] / rd["fp16"], 3) for rd in by_round.values() if name in rd and "fp16" in rd],
+                f"{name}_tok_s": _spread(by_config[name]),
+                "fp16_tok_s": _spread(by_config["fp16"]),
+                "basis": "median whole-run output tok/s over alternating rounds, capacity-bound load, kit default profile",
+            }
+            if target := TARGETS.get(key):
                 out[key].update(target=f">= {target}", **{"pass": value >= target})
     return out
 
@@ -283,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap-in", type=int, default=1024)
     p.add_argument("--cap-out", type=int, default=1024)
     p.add_argument("--cap-procs", type=int, default=8)
+    p.add_argument("--cap-rounds", type=int, default=3, help="capacity rounds, order alternating (median of the rounds)")
+    p.add_argument("--cap-once", default="awq-kv8", help="capacity configs run in the first round only")
+    p.add_argument("--sweep-config", default="awq-kv4", choices=sorted(CAPACITY_CONFIGS))
+    p.add_argument("--sweep-prefill", default="", help="max_prefill_token_num values for the sweep stage, e.g. 8192,16384,32768")
+    p.add_argument("--adopt", action="store_true", help="the stages after the sweep use its fastest value")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="settings override for every server")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--pair-requests", type=int, default=256)
     p.add_argument("--pair-streams", type=int, default=64)
@@ -292,12 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def normalize(args: argparse.Namespace) -> list[str]:
+    """Split the comma lists in place; returns the unknown stage/config names."""
     args.stages = [s for s in args.stages.split(",") if s]
     args.configs = [c for c in args.configs.split(",") if c]
-    bad = [s for s in args.stages if s not in STAGES] + [c for c in args.configs if c not in CAPACITY_CONFIGS]
-    if bad:
+    args.cap_once = [c for c in args.cap_once.split(",") if c]
+    args.sweep_prefill = [int(v) for v in args.sweep_prefill.split(",") if v]
+    return [s for s in args.stages if s not in STAGES] + [c for c in [*args.configs, *args.cap_once] if c not in CAPACITY_CONFIGS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bad := normalize(args):
         print(f"bench_tm: unknown stage/config {bad}", file=sys.stderr)
         return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)

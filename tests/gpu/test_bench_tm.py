@@ -43,16 +43,56 @@ def run(who: str, pair: int, tok_s: float) -> dict:
     return {"who": who, "pair": pair, "ready_s": 16.0, "load": {"tok_s": tok_s, "errors": 0}}
 
 
+def cap_run(config: str, rnd: int, tok_s: float) -> dict:
+    return {"config": config, "round": rnd, "load": {"tok_s": tok_s, "errors": 0}}
+
+
 def test_ratios_use_medians_of_alternating_runs_and_carry_verdicts() -> None:
     runs = [run("kit", 0, 100), run("bare", 0, 100), run("bare", 1, 110), run("kit", 1, 90), run("kit", 2, 95), run("bare", 2, 100)]
-    cap = {"fp16": {"load": {"tok_s": 1000, "errors": 0}}, "awq-kv4": {"load": {"tok_s": 1490, "errors": 0}}}
-    r = bench_tm.compute_ratios({"pairs": {"runs": runs}, "capacity": {"configs": cap}})
+    cap = [cap_run("fp16", 0, 1000), cap_run("awq-kv4", 0, 1490), cap_run("awq-kv4", 1, 1600), cap_run("fp16", 1, 1100)]
+    cap += [cap_run("fp16", 2, 900), cap_run("awq-kv4", 2, 1400)]
+    r = bench_tm.compute_ratios({"pairs": {"runs": runs}, "capacity": {"runs": cap}})
     t = r["throughput_kit_over_bare"]
     assert t["value"] == 0.95 and t["pass"] is True and t["pair_ratios"] == [1.0, 0.818, 0.95]
     assert t["kit_tok_s"] == {"median": 95, "min": 90, "max": 100, "n": 3}
-    assert r["capacity_kv4_over_fp16"]["value"] == 1.49 and r["capacity_kv4_over_fp16"]["pass"] is False
-    cap["awq-kv4"]["load"]["errors"] = 3  # a run with failed requests gives no ratio
-    assert "capacity_kv4_over_fp16" not in bench_tm.compute_ratios({"capacity": {"configs": cap}})
+    c = r["capacity_kv4_over_fp16"]  # median 1490 / median 1000, not a mean or the best round
+    assert c["value"] == 1.49 and c["pass"] is False and c["round_ratios"] == [1.49, 1.455, 1.556]
+    cap[1]["load"]["tok_s"] = 1510
+    assert bench_tm.compute_ratios({"capacity": {"runs": cap}})["capacity_kv4_over_fp16"]["pass"] is True
+    for rec in cap:
+        if rec["config"] == "awq-kv4":
+            rec["load"]["errors"] = 3  # runs with failed requests give no ratio
+    assert "capacity_kv4_over_fp16" not in bench_tm.compute_ratios({"capacity": {"runs": cap}})
+
+
+class FakeBench(bench_tm.Bench):
+    """The stage logic without servers: each run's tok/s comes from `speed(settings)`."""
+
+    def __init__(self, args, speed) -> None:
+        super().__init__(args)
+        self.speed, self.order = speed, []
+
+    def serve(self, label, argv, port, work):
+        self.order.append(label)
+        mp = int(argv[argv.index("--max-prefill-token-num") + 1]) if "--max-prefill-token-num" in argv else None
+        return {"argv": argv, "ready_s": 1.0, "load": {"tok_s": self.speed(label, mp), "errors": 0}, "batch1": {"decode_tok_s": 1.0}}
+
+
+def test_capacity_alternates_rounds_and_sweep_adopts_the_fastest_prefill_budget(tmp_path) -> None:
+    argv = ["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "w"), "--stages", "sweep,capacity,pairs"]
+    argv += ["--sweep-prefill", "8192,16384,32768", "--adopt", "--pairs", "1"]
+    args = bench_tm.build_parser().parse_args(argv)
+    bench_tm.normalize(args)
+    bench = FakeBench(args, lambda label, mp: {8192: 100.0, 16384: 130.0, 32768: 120.0}.get(mp, 50.0))
+    bench.write_settings()
+    for name in ("sweep", "capacity", "pairs"):
+        getattr(bench, f"stage_{name}")()
+    assert bench.results["sweep"]["best"] == 16384
+    assert bench.order == ["sweep-8192", "sweep-16384", "sweep-32768", "fp16-0", "awq-kv4-0", "awq-kv8-0"] + [
+        "awq-kv4-1", "fp16-1", "fp16-2", "awq-kv4-2", "kit-0", "bare-0"]  # fmt: skip
+    kit, bare = bench.results["pairs"]["kit_argv"], bench.results["pairs"]["bare_argv"]
+    for cmd in (kit, bare, *(r["argv"] for r in bench.results["capacity"]["runs"])):
+        assert cmd[cmd.index("--max-prefill-token-num") + 1] == "16384"  # the adopted value reaches every later server
 
 
 def test_parse_budget_reads_turbomind_line() -> None:
