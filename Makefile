@@ -65,19 +65,19 @@ plan: ## Predict KV capacity and concurrency per quant policy before deploying
 	$(PY) -m kit.plan $(ARGS)
 
 deploy: render ## Plan, apply the PROFILE overlay, wait for the Jobs and the rollout
-	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(call need,kit/cluster/__init__.py,the Kubernetes deploy tool)
 	$(PY) -m kit.cluster $(CLUSTER_FLAGS) deploy $(ARGS)
 
 undeploy: ## Remove the PROFILE overlay (keeps the model PVC unless ARGS=--delete-pvc)
-	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(call need,kit/cluster/__init__.py,the Kubernetes deploy tool)
 	$(PY) -m kit.cluster $(CLUSTER_FLAGS) undeploy $(ARGS)
 
 status: ## Pods, Jobs, events, endpoints and GPU memory of the deployment
-	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(call need,kit/cluster/__init__.py,the Kubernetes deploy tool)
 	$(PY) -m kit.cluster $(CLUSTER_FLAGS) status $(ARGS)
 
 logs: ## Tail the serving pods' logs
-	$(call need,kit/cluster.py,the Kubernetes deploy tool)
+	$(call need,kit/cluster/__init__.py,the Kubernetes deploy tool)
 	$(PY) -m kit.cluster $(CLUSTER_FLAGS) logs $(ARGS)
 
 ##@ Use
