@@ -19,6 +19,7 @@ import yaml
 
 from kit import cluster, markers
 from kit import deploy_plan as plan
+from kit.cluster import waits
 from kit.k8s_params import FETCH, GRADIO, QUANTIZE, SERVE
 from kit.settings import load_settings
 from tests.conftest import REPO
@@ -264,7 +265,7 @@ class FakeCluster:
         monkeypatch.setenv("FAKE_KUBE_STATE", str(self.dir))
         monkeypatch.setenv("FAKE_REAL_KUBECTL", kubectl())
         monkeypatch.setenv("PYTHONPATH", str(REPO))
-        monkeypatch.setattr(cluster, "POLL_S", 0.01)
+        monkeypatch.setattr(waits, "POLL_S", 0.01)
 
     def calls(self) -> list[dict[str, Any]]:
         path = self.dir / "calls.jsonl"

@@ -15,6 +15,7 @@ import pytest
 
 from kit import cluster
 from kit import deploy_plan as plan
+from kit.cluster import waits
 
 FIXTURES = Path(__file__).parent / "fixtures/kubectl"
 NS = "lmdeploy"
@@ -122,7 +123,7 @@ class ScriptedKubectl:
 @pytest.mark.parametrize("name", ["unschedulable", "imagepullbackoff", "oomkilled", "multiattach", "unbound_pvc"])
 def test_wait_job_ends_within_a_minute_with_one_line(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_time = FakeTime()
-    monkeypatch.setattr(cluster, "time", fake_time)
+    monkeypatch.setattr(waits, "time", fake_time)
     k = ScriptedKubectl(name)
     start = fake_time.now
     with pytest.raises(cluster.ClusterError) as err:
@@ -135,7 +136,7 @@ def test_wait_job_ends_within_a_minute_with_one_line(name: str, monkeypatch: pyt
 
 
 def test_failed_job_shows_logs_of_every_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cluster, "time", FakeTime())
+    monkeypatch.setattr(waits, "time", FakeTime())
     k = ScriptedKubectl("healthy_init_wait")
     pod = k.pods[0]
     k.pods = [pod, {**pod, "metadata": {**pod["metadata"], "name": "lmdeploy-quantize-retry2"}}]

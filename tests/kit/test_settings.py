@@ -223,7 +223,7 @@ def test_deploy_refuses_autoscaling_on_a_single_node_store_before_touching_the_c
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump(raw))
     touched: list[object] = []
-    monkeypatch.setattr(cluster, "Kubectl", lambda *a, **kw: touched.append((a, kw)))
+    monkeypatch.setattr(cluster.cli, "Kubectl", lambda *a, **kw: touched.append((a, kw)))  # main builds it in kit.cluster.cli
     rc = cluster.main(["--settings", str(path), "--overlay", "monitoring", "deploy"])
     assert rc == exitcodes.USAGE and not touched
     assert "monitoring.max_replicas=3 needs kubernetes.access_mode=ReadWriteMany" in capsys.readouterr().err
