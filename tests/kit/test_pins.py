@@ -57,11 +57,11 @@ def settings() -> Settings:
 
 
 def test_schema_defaults_of_pins_match_settings_yaml(settings: Settings) -> None:
-    """kit/settings.py's Field defaults (the README's settings table) say what settings.yaml says."""
+    """kit/settings_sections.py's Field defaults (the README's settings table) say what settings.yaml says."""
     schema = Settings()
     for section in ("versions", "images"):
         assert getattr(schema, section).model_dump() == getattr(settings, section).model_dump(), (
-            f"kit/settings.py defaults of `{section}` differ from settings.yaml"
+            f"kit/settings_sections.py defaults of `{section}` differ from settings.yaml"
         )
 
 

@@ -49,6 +49,8 @@ BAD_SETTINGS = [
     ("monitoring.max_replicas=2", "monitoring.max_replicas=2", "kubernetes.access_mode=ReadWriteMany"),
     ("monitoring.min_replicas=3", "monitoring.min_replicas=3", "above monitoring.max_replicas"),
     ("monitoring.prometheus_namespace=Mon", "monitoring.prometheus_namespace", "Kubernetes name"),
+    ("serving.api_key_secret=Api_Key", "serving.api_key_secret", "Kubernetes name"),
+    (f"kubernetes.namespace={'a' * 64}", "kubernetes.namespace", "at most 63"),
     ("kubernetes.runtime_class_name=NVIDIA", "kubernetes.runtime_class_name", "Kubernetes object name"),
     ("kubernetes.priority_class_name=high prio", "kubernetes.priority_class_name", "Kubernetes object name"),
     ("kubernetes.hub_egress_cidrs=[hub.example.org]", "kubernetes.hub_egress_cidrs", "is not a CIDR"),
