@@ -420,8 +420,21 @@ def test_ready_path_probes_then_exec_prestop_and_sigterm(tiny_model: Path, tmp_p
 
 
 def test_cli_usage_errors(tmp_path: Path) -> None:
-    for argv in (["--profile", "nope"], ["--model-source", str(tmp_path)]):
+    workdir = tmp_path / "wd"
+    for argv in (["--profile", "nope"], ["--model-source", str(tmp_path)], ["--set", "serving.nope=1", "--workdir", str(workdir)]):
         proc = subprocess.run([sys.executable, "-m", "kit.rehearse", *argv], capture_output=True, text=True, cwd=REPO, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert "serving.nope" in proc.stderr and not workdir.exists()  # a bad --set stops before anything starts
     assert needs_gpu(["x", "AssertionError: Torch not compiled with CUDA enabled"]) == "Torch not compiled with CUDA enabled"
     assert shutil.which("sh")
+
+
+def test_names_stay_importable_where_they_were_defined() -> None:
+    """Issue 17 split __main__ and kubelet into modules; code outside may still import from the old places."""
+    import kit.rehearse.__main__ as cli
+    import kit.rehearse.kubelet as kubelet
+
+    for name in ("Rehearsal", "UsageError", "build_parser", "choose_isolation", "load_secrets", "main", "render", "rendered_settings"):
+        assert callable(getattr(cli, name)), name
+    for name in ("ContainerRun", "Host", "PodFailed", "PodRun", "Runtime", "new_pod", "pod_volumes", "settings_override", "wait_probe"):
+        assert callable(getattr(kubelet, name)), name
