@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from kit.datafile import read_data
 from kit.settings_sections import (
     GradioSettings,
     ImageSettings,
@@ -154,12 +155,7 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 def read_raw(path: Path | None = None) -> dict[str, Any]:
     path = Path(path or os.environ.get("KIT_SETTINGS") or DEFAULT_SETTINGS_PATH)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SettingsError(f"settings file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
+    data = read_data(path, "YAML", SettingsError, label=f"settings file {path}", missing=f"settings file not found: {path}")
     if not isinstance(data, dict) or not isinstance(data.get("defaults", {}), dict):
         raise SettingsError(f"settings file {path} must be a mapping with 'defaults:' and 'profiles:'")
     unknown = set(data) - {"defaults", "profiles"}

@@ -18,6 +18,7 @@ from clients._common import CONNECTION_ENV_HELP, add_connection_args, load_kit_s
 from clients.report.charts import render_charts
 from clients.report.collect import collect_live
 from clients.report.render import render_markdown
+from kit.datafile import read_data
 from kit.entry import KitError, run
 from kit.exitcodes import FAILED, OK, USAGE
 from kit.logs import add_verbosity
@@ -44,12 +45,7 @@ def write_report(results: dict[str, Any], out: Path) -> tuple[Path, list[tuple[s
 
 
 def load_results(src: Path) -> dict[str, Any]:
-    try:
-        results = json.loads(src.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{src} not found; run `make bench` or pass a results.json") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{src} is not valid JSON: {exc}") from None
+    results = read_data(src, "JSON", UsageError, missing=f"{src} not found; run `make bench` or pass a results.json")
     if not isinstance(results, dict) or not RESULT_KEYS & set(results):
         raise UsageError(f"{src} is not a benchmark results file (no configs/clients/quantize)")
     return results
