@@ -18,9 +18,6 @@ from kit.plan.formula import MAX_PREFILL_TOKENS, PlanInputs, plan, size_policy
 from kit.plan.gpus import Gpu
 from kit.plan.shapes import BLOCK_SIZE, MIB, SHAPES_DIR, ModelShape, PlanError, weight_bytes
 
-_CACHE_CONFIG = re.compile(r"CacheConfig\((.*?)\)\s*\.?\s*$", re.S | re.M)
-_FIELD = re.compile(r"(\w+)=(<[^>]*>|'[^']*'|-?[\w.]+)")
-
 
 @dataclass(frozen=True)
 class CacheConfigLog:
@@ -33,6 +30,10 @@ class CacheConfigLog:
     max_batches: int | None
     max_prefill_token_num: int | None
     fields: dict[str, Any]
+
+
+# One `name=value` of CacheConfig(...): an enum repr, a quoted string or a bare number/word.
+_FIELD = re.compile(r"(\w+)=(<[^>]*>|'[^']*'|-?[\w.]+)")
 
 
 def _value(raw: str) -> Any:
@@ -75,10 +76,6 @@ def parse_cache_config(text: str) -> CacheConfigLog | None:
     )
 
 
-_BUDGET = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
-_SLAB = re.compile(r"slab_size (\d+), object_size (\d+), object_count (\d+)")
-
-
 @dataclass(frozen=True)
 class BudgetLog:
     """TurboMind's KV sizing: the budget and the free memory it came from (bytes), and its slab lines."""
@@ -87,6 +84,10 @@ class BudgetLog:
     free_bytes: int
     ratio: float
     slabs: tuple[tuple[int, int, int], ...]  # (slab_size, object_size, object_count)
+
+
+_BUDGET = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
+_SLAB = re.compile(r"slab_size (\d+), object_size (\d+), object_count (\d+)")
 
 
 def parse_turbomind_budget(text: str) -> BudgetLog | None:
