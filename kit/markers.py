@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kit import exitcodes
 from kit.atomic import write_json_atomic
 
 if TYPE_CHECKING:
@@ -247,17 +248,24 @@ def show(paths: list[str]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit.markers", description="Show and validate the kit's completion markers.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kit.markers",
+        description="Show and validate the kit's completion markers.",
+        epilog="Exit 0 ok, 1 a marker is missing or invalid (not with --json), 2 bad arguments.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("show", help="print markers (a directory means DIR/.kit-complete.json); exit 1 when one is missing or invalid")
     p.add_argument("paths", nargs="+")
     p.add_argument("--json", action="store_true", help="print {path: marker|null|{error}} as JSON (exit 0 unless a usage error)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cmd_show(args: argparse.Namespace) -> int:
     result = show(args.paths)
     if args.json:
         print(json.dumps(result, sort_keys=True))
-        return 0
+        return exitcodes.OK
     bad = 0
     for path, data in result.items():
         if data is None or "error" in data:
@@ -265,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {'missing' if data is None else data['error']}", file=sys.stderr)
         else:
             print(f"{path}: {data['stage']} fingerprint {data['fingerprint'][:12]} written {data['written_at']}")
-    return 1 if bad else 0
+    return exitcodes.FAILED if bad else exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Imported here: the module itself stays stdlib-only for the jobs and the rendering (see the top).
+    from kit.entry import run
+
+    return run(build_parser(), cmd_show, argv, prog="markers")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from kit import exitcodes
-from kit.logs import add_verbosity, setup_logging
+from kit.entry import KitError, run
+from kit.logs import add_verbosity
 from kit.render import API_KEY_ENV
 
 log = logging.getLogger("kit.serve")
@@ -30,11 +31,14 @@ API_KEY_FILE_ENV = "KIT_API_KEY_FILE"
 SERVE_PREFIX = ["lmdeploy", "serve", "api_server"]
 
 
-class UsageError(Exception):
+class UsageError(KitError):
     """Bad command line: exit 2."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exitcodes.USAGE)
 
-class MissingKeyError(Exception):
+
+class MissingKeyError(KitError):
     """No usable key: exit 1."""
 
 
@@ -42,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kit.serve",
         description="Run `lmdeploy serve api_server` with the API key read from a file (never in argv).",
-        epilog=f"env: {API_KEY_FILE_ENV} (default of --api-key-file), {API_KEY_ENV} (the key itself, when no file is given)",
+        epilog=f"env: {API_KEY_FILE_ENV} (default of --api-key-file), {API_KEY_ENV} (the key itself, when no file is given). "
+        "Exit 0 when the server stops, 1 when no key can be read, 2 on a bad command line.",
     )
     p.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV), help="file holding the API key(s), one per line")
     add_verbosity(p)
@@ -91,23 +96,19 @@ def parse_lmdeploy(argv: list[str]) -> Any:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
-    setup_logging(opts.verbose, opts.quiet)
-    try:
-        lm_argv = server_argv(opts.command)
-        keys = read_keys(opts.api_key_file)
-    except UsageError as exc:
-        log.error("%s", exc)
-        return exitcodes.USAGE
-    except MissingKeyError as exc:
-        log.error("%s", exc)
-        return exitcodes.FAILED
+def start_server(opts: argparse.Namespace) -> int:
+    """Check the command and the key, then run lmdeploy's own api_server command in this process."""
+    lm_argv = server_argv(opts.command)
+    keys = read_keys(opts.api_key_file)
     args = parse_lmdeploy(lm_argv)
     args.api_keys = keys
     log.info("starting lmdeploy api_server for %s with %d API key(s) from %s", args.model_path, len(keys), opts.api_key_file or API_KEY_ENV)
     args.run(args)
     return exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), start_server, argv, prog="serve")
 
 
 if __name__ == "__main__":
