@@ -39,21 +39,16 @@ def find_model_config(s: Settings, explicit: str | None = None) -> tuple[dict[st
     )
 
 
+# The PlanInputs fields that `serving` settings carry under the same name.
+SERVING_INPUTS = ("backend", "cache_max_entry_count", "quant_policy", "session_len", "tp", "max_batch_size", "max_prefill_token_num")
+
+
 def inputs_from_settings(s: Settings, shape: ModelShape | None = None) -> PlanInputs:
-    sv, q = s.serving, s.quantization
+    """The engine inputs the settings imply; an empty serving setting keeps the planner's default (lmdeploy's)."""
+    served = {name: value for name in SERVING_INPUTS if (value := getattr(s.serving, name)) is not None}
     awq = s.effective_model_format == "awq" or bool(shape and shape.awq_group_size)
-    group = (shape.awq_group_size if shape and shape.awq_group_size else q.w_group_size) or 128
-    return PlanInputs(
-        backend=sv.backend,
-        cache_max_entry_count=sv.cache_max_entry_count,
-        quant_policy=sv.quant_policy,
-        session_len=sv.session_len,
-        tp=sv.tp,
-        max_batch_size=sv.max_batch_size,
-        **({"max_prefill_token_num": sv.max_prefill_token_num} if sv.max_prefill_token_num else {}),
-        awq=awq,
-        awq_group_size=group,
-    )
+    group = (shape.awq_group_size if shape and shape.awq_group_size else s.quantization.w_group_size) or 128
+    return PlanInputs(**served, awq=awq, awq_group_size=group)
 
 
 def plan_for_settings(

@@ -42,6 +42,15 @@ def test_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data["memory"]) >= {"weights_bytes", "free_at_sizing_bytes", "engine_overhead_bytes"}
 
 
+def test_prefill_budget_setting_reaches_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    """serving.max_prefill_token_num: a smaller prefill buffer leaves the PyTorch engine more KV blocks."""
+    argv = ["--gpu", "h200", "--profile", "seed", "--backend", "pytorch", "--json"]
+    default = json.loads(run(capsys, *argv)[1])
+    small = json.loads(run(capsys, *argv, "--set", "serving.max_prefill_token_num=1024")[1])
+    assert small["settings"]["max_prefill_token_num"] == 1024 != default["settings"]["max_prefill_token_num"]
+    assert all(s["num_gpu_blocks"] > d["num_gpu_blocks"] for s, d in zip(small["policies"], default["policies"], strict=True))
+
+
 def test_fc_profile_is_fp16_weights_and_fp16_kv(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "--gpu", "h200", "--profile", "fc", "--backend", "pytorch", "--json")
     data = json.loads(out)

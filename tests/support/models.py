@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 INTERNLM2_CODE = Path(__file__).resolve().parent / "internlm2"
 
@@ -91,6 +92,24 @@ def build_tokenizer(out: Path, vocab: int, chat_template: str = INTERNLM2_CHAT_T
     fast.save_pretrained(out)
 
 
+def _config_fields(shape: ModelShape) -> dict[str, Any]:
+    """The Hugging Face config fields both architectures take from a shape (ids of the byte tokenizer's specials)."""
+    return {
+        "vocab_size": shape.vocab,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "max_position_embeddings": shape.max_positions,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "tie_word_embeddings": False,
+        "torch_dtype": shape.dtype,
+    }
+
+
 def _save_model(model, out: Path, shape: ModelShape) -> None:
     import torch
 
@@ -109,20 +128,7 @@ def build_llama(out: Path, shape: ModelShape = TINY, seed: int = 0) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        vocab_size=shape.vocab,
-        max_position_embeddings=shape.max_positions,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-        torch_dtype=shape.dtype,
-    )
+    cfg = LlamaConfig(**_config_fields(shape))
     model = LlamaForCausalLM(cfg)
     _save_model(model, out, shape)
     build_tokenizer(out, shape.vocab)
@@ -154,23 +160,7 @@ def build_internlm2(out: Path, shape: ModelShape = TINY, seed: int = 0) -> Path:
     model_cls = import_module(f"{pkg}.modeling_internlm2").InternLM2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = config_cls(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=shape.max_positions,
-        bias=False,
-        rope_theta=1_000_000,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-        torch_dtype=shape.dtype,
-    )
+    cfg = config_cls(**_config_fields(shape), bias=False, rope_theta=1_000_000, attn_implementation="eager")
     cfg.architectures = ["InternLM2ForCausalLM"]
     cfg.auto_map = {
         "AutoConfig": "configuration_internlm2.InternLM2Config",
