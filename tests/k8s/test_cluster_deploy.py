@@ -1,4 +1,4 @@
-"""kit.cluster deploy: the decisions as pure functions (kit/deploy_plan.py) on the real rendered overlays,
+"""kit.cluster deploy: the decisions as pure functions (kit/deploy_plan/) on the real rendered overlays,
 and the real `cmd_deploy` driving a fake kubectl (tests/k8s/fake_kubectl.py: it logs each call and
 answers from a JSON state; no API server can run here) to prove the order of applies and waits.
 

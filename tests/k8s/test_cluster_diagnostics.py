@@ -1,4 +1,4 @@
-"""Wait diagnostics (kit/deploy_plan.py `diagnose`, `ProblemClock`; kit/cluster/waits.py `wait_job`) on kubectl JSON.
+"""Wait diagnostics (kit/deploy_plan/waits.py `diagnose`, `ProblemClock`; kit/cluster/waits.py `wait_job`) on kubectl JSON.
 
 The JSON under fixtures/kubectl/ is written to the Kubernetes API shapes (core/v1 Pod, Event,
 PersistentVolumeClaim; `kubectl get -o json` List) with the messages the scheduler, kubelet and
