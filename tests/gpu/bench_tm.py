@@ -55,7 +55,10 @@ CAPACITY_CONFIGS: dict[str, dict[str, Any]] = {
     "fp16": {"quantization": {"enabled": False}, "serving": {"quant_policy": 0}},
     "awq-kv4": {"serving": {"quant_policy": 4}},
     "awq-kv8": {"serving": {"quant_policy": 8}},
+    "fp16-kv4": {"quantization": {"enabled": False}, "serving": {"quant_policy": 4}},  # KV int4 without AWQ
 }
+# config -> its ratio's key in results["ratios"]
+CAPACITY_RATIOS = {"awq-kv4": "capacity_kv4_over_fp16", "awq-kv8": "capacity_kv8_over_fp16", "fp16-kv4": "capacity_fp16_kv4_over_fp16"}
 TARGETS = {"throughput_kit_over_bare": 0.95, "capacity_kv4_over_fp16": 1.5}
 BUDGET_LINE = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
 
@@ -302,10 +305,9 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
     for r in cap:
         by_config.setdefault(r["config"], []).append(r["load"]["tok_s"])
         by_round.setdefault(r["round"], {})[r["config"]] = r["load"]["tok_s"]
-    for name in ("awq-kv4", "awq-kv8"):
+    for name, key in CAPACITY_RATIOS.items():
         if by_config.get(name) and by_config.get("fp16"):
             value = statistics.median(by_config[name]) / statistics.median(by_config["fp16"])
-            key = f"capacity_{name.split('-')[1]}_over_fp16"
             out[key] = {
                 "value": round(value, 3),
                 "round_ratios": [round(rd[name] / rd["fp16"], 3) for rd in by_round.values() if name in rd and "fp16" in rd],
@@ -331,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/bench-tm")
     p.add_argument("--workdir", default=os.environ.get("KIT_BENCH_WORKDIR", "/tmp/kit-bench-tm"))
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in this order: {','.join(STAGES)}")
-    p.add_argument("--configs", default=",".join(CAPACITY_CONFIGS), help="capacity configs to run")
+    p.add_argument("--configs", default="fp16,awq-kv4,awq-kv8", help=f"capacity configs to run, of {','.join(CAPACITY_CONFIGS)}")
     p.add_argument("--cap-streams", type=int, default=1600)
     p.add_argument("--cap-in", type=int, default=1024)
     p.add_argument("--cap-out", type=int, default=1024)
