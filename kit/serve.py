@@ -42,13 +42,14 @@ class MissingKeyError(KitError):
     """No usable key: exit 1."""
 
 
+EPILOG = (
+    f"env: {API_KEY_FILE_ENV} (default of --api-key-file), {API_KEY_ENV} (the key itself, when no file is given). "
+    "Exit 0 when the server stops, 1 when no key can be read, 2 on a bad command line."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m kit.serve",
-        description="Run `lmdeploy serve api_server` with the API key read from a file (never in argv).",
-        epilog=f"env: {API_KEY_FILE_ENV} (default of --api-key-file), {API_KEY_ENV} (the key itself, when no file is given). "
-        "Exit 0 when the server stops, 1 when no key can be read, 2 on a bad command line.",
-    )
+    p = argparse.ArgumentParser(prog="python -m kit.serve", description=__doc__.split("\n", 1)[0], epilog=EPILOG)
     p.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV), help="file holding the API key(s), one per line")
     add_verbosity(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="`-- lmdeploy serve api_server MODEL ...` without --api-keys")
