@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,8 @@ def overlay(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def docs(overlay: str) -> list[dict[str, Any]]:
     return build(REPO / "k8s/overlays" / overlay)
+
+
+ROOT = os.geteuid() == 0
+# The rehearsal's mount-namespace path needs root; without it the rehearsal takes the prefix path.
+needs_root = pytest.mark.skipif(not ROOT, reason="mount namespaces need root")
