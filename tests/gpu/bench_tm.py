@@ -30,19 +30,15 @@ import logging
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kit.render import serve_args
-from kit.settings import DEFAULT_SETTINGS_PATH, Settings, deep_merge, load_settings, parse_override
+from kit.settings import Settings, deep_merge, load_settings, parse_override
 from tests.gpu import openai_load as ol
-from tests.gpu.server import ServerRun, error_lines, gpu_memory, wait_gpu_released
+from tests.gpu.bench_harness import BenchBase, dir_size, now, run_to_log, setup_logging, spread
+from tests.gpu.server import error_lines, gpu_memory
 
 log = logging.getLogger("bench_tm")
 
@@ -72,68 +68,31 @@ def parse_budget(text: str) -> dict[str, float] | None:
     return {"budget_mb": budget, "free_mb": free, "ratio": ratio}
 
 
-class Bench:
+class Bench(BenchBase):
+    log = log
+    json_indent = 1
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = Path(args.out).resolve()
-        self.work = Path(args.workdir).resolve()
-        self.logs = self.work / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.settings_file = self.work / "settings.bench.yaml"
-        self.results: dict[str, Any] = {"schema": 3, "backend": "turbomind", "started": _now(), "targets": TARGETS, "stages": {}}
-        self.baseline_mib: int | None = None
+        super().__init__(args, {"schema": 3, "backend": "turbomind", "started": now(), "targets": TARGETS, "stages": {}})
         self.adopted: list[str] = []  # overrides the sweep chose for the stages after it
 
     # -- settings -------------------------------------------------------------------------
     def write_settings(self) -> None:
-        raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
         over = {"storage": {"models_root": str(self.work / "models")}, "serving": {"log_level": "INFO"}}
         for item in [*self.args.set, *self.adopted]:
             over = deep_merge(over, parse_override(item))
-        raw["defaults"] = deep_merge(raw.get("defaults") or {}, over)
-        self.settings_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-        self.results["settings_overrides"] = over
+        self.write_settings_file(over)
 
     def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
         return load_settings("default", path=self.settings_file, overrides=overrides or {})
 
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "KIT_SETTINGS": str(self.settings_file), "PROFILE": "default", "PYTHONUNBUFFERED": "1"}
-
-    # -- bookkeeping ----------------------------------------------------------------------
-    def save(self) -> None:
-        self.results["ratios"] = compute_ratios(self.results)
-        self.results["updated"] = _now()
-        tmp = self.out / "results.json.tmp"
-        tmp.write_text(json.dumps(self.results, indent=1) + "\n")
-        tmp.replace(self.out / "results.json")
-        with tarfile.open(self.out / "logs.tgz", "w:gz") as tar:
-            tar.add(self.logs, arcname="logs")
-
-    def stage(self, name: str, fn) -> None:
-        t0 = time.perf_counter()
-        st: dict[str, Any] = {"status": "running"}
-        self.results["stages"][name] = st
-        log.info("=== %s ===", name)
-        try:
-            fn()
-            st["status"] = "ok"
-        except Exception as exc:
-            st.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:800])
-            log.exception("stage %s failed", name)
-        st["seconds"] = round(time.perf_counter() - t0, 1)
-        self.save()
+    def ratios(self) -> dict[str, Any]:
+        return compute_ratios(self.results)
 
     def run_logged(self, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        with (self.logs / f"{name}.log").open("wb") as fh:
-            try:
-                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env(), timeout=timeout).returncode
-            except subprocess.TimeoutExpired:
-                rc = 124
-        text = (self.logs / f"{name}.log").read_text(errors="replace")
-        out = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "tail": " | ".join(text.splitlines()[-3:])[-600:]}
+        done = run_to_log(cmd, self.logs / f"{name}.log", self.kit_env("default"), timeout)
+        rc = done.rc
+        out = {"rc": rc, "seconds": round(done.seconds, 1), "tail": " | ".join(done.text.splitlines()[-3:])[-600:]}
         log.info("%s: %s", name, out)
         if rc:
             raise RuntimeError(f"{name} failed: {out['tail']}")
@@ -150,20 +109,16 @@ class Bench:
         cmd = [sys.executable, "-m", "jobs.quantize", "--model-path", s.fp16_path, "--out", s.quantized_path]
         q = self.run_logged("quantize", cmd, 1200)
         q["cmd"] = " ".join(["python", *cmd[1:]])
-        q["sizes_bytes"] = {"fp16": _dir_size(Path(s.fp16_path)), "w4a16": _dir_size(Path(s.quantized_path))}
+        q["sizes_bytes"] = {"fp16": dir_size(Path(s.fp16_path)), "w4a16": dir_size(Path(s.quantized_path))}
         self.results["quantize"] = q
 
     def serve(self, label: str, argv: list[str], port: int, work) -> dict[str, Any]:
         """Start a server, run `work(base_url, model)`, stop it; the record holds ready time, budget line and memory."""
-        rec: dict[str, Any] = {"argv": argv, "started": _now()}
-        srv = ServerRun(label, argv, port, self.logs / f"server-{label}.log")
-        srv.start()
-        try:
-            ok = srv.wait_ready(timeout_s=300)
-            rec["ready_s"] = srv.ready_s
+        rec: dict[str, Any] = {"argv": argv, "started": now()}
+        with self.api_server(label, argv, port, rec, ready_timeout=300, release_key="release_wait_s") as srv:
             rec["budget"] = parse_budget(srv.log_text())
             rec["gpu_used_mib"] = gpu_memory().get("used_mib")
-            if not ok:
+            if srv.ready_s is None:
                 raise RuntimeError(srv.error)
             base = srv.base_url
             model = ol.served_model(base)
@@ -171,9 +126,6 @@ class Bench:
             rec["warmup_errors"] = warm.errors
             rec.update(work(base, model))
             rec["log_errors"] = error_lines(srv.log_text())
-        finally:
-            srv.stop()
-            rec["release_wait_s"] = wait_gpu_released(self.baseline_mib)
         log.info("%s: %s", label, {k: v for k, v in rec.items() if k not in ("argv", "log_errors")})
         return rec
 
@@ -266,14 +218,10 @@ class Bench:
         for name in STAGES:
             if name in self.args.stages and (name != "sweep" or self.args.sweep_prefill):
                 self.stage(name, getattr(self, f"stage_{name}"))
-        self.results["finished"] = _now()
+        self.results["finished"] = now()
         self.save()
         print(json.dumps(self.results["ratios"], indent=1))
         return 1 if any(v["status"] != "ok" for v in self.results["stages"].values()) else 0
-
-
-def _spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1), "n": len(values)}
 
 
 def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -293,10 +241,10 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
             "target": f">= {TARGETS['throughput_kit_over_bare']}",
             "pass": value >= TARGETS["throughput_kit_over_bare"],
             "pair_ratios": [round(x, 3) for x in pair_ratios],
-            "kit_tok_s": _spread(kit),
-            "bare_tok_s": _spread(bare),
-            "kit_ready_s": _spread([r["ready_s"] for r in runs if r["who"] == "kit" and r.get("ready_s")]),
-            "bare_ready_s": _spread([r["ready_s"] for r in runs if r["who"] == "bare" and r.get("ready_s")]),
+            "kit_tok_s": spread(kit),
+            "bare_tok_s": spread(bare),
+            "kit_ready_s": spread([r["ready_s"] for r in runs if r["who"] == "kit" and r.get("ready_s")]),
+            "bare_ready_s": spread([r["ready_s"] for r in runs if r["who"] == "bare" and r.get("ready_s")]),
             "basis": "median whole-run output tok/s over alternating kit/bare servers",
         }
     cap = [r for r in (results.get("capacity") or {}).get("runs", []) if (r.get("load") or {}).get("tok_s") and not r["load"]["errors"]]
@@ -311,21 +259,13 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
             out[key] = {
                 "value": round(value, 3),
                 "round_ratios": [round(rd[name] / rd["fp16"], 3) for rd in by_round.values() if name in rd and "fp16" in rd],
-                f"{name}_tok_s": _spread(by_config[name]),
-                "fp16_tok_s": _spread(by_config["fp16"]),
+                f"{name}_tok_s": spread(by_config[name]),
+                "fp16_tok_s": spread(by_config["fp16"]),
                 "basis": "median whole-run output tok/s over alternating rounds, capacity-bound load, kit default profile",
             }
             if target := TARGETS.get(key):
                 out[key].update(target=f">= {target}", **{"pass": value >= target})
     return out
-
-
-def _dir_size(path: Path) -> int | None:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else None
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := normalize(args):
         print(f"bench_tm: unknown stage/config {bad}", file=sys.stderr)
         return 2
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(Path(args.out) / "bench.log")]
-    logging.basicConfig(level=logging.INFO, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for name in ("httpx", "httpx2"):  # one line per request otherwise
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging(Path(args.out))
     return Bench(args).run()
 
 
