@@ -22,6 +22,9 @@ Every server gets the settings overrides serving.backend=pytorch (TurboMind cann
 machine) and serving.log_level=INFO (the engine logs its KV CacheConfig at INFO); the bare server
 gets the same backend and log level by hand.
 
+Loads go through the openai SDK's async client (tests/gpu/openai_load.py): 64 streams and the
+capacity load for --duration seconds each, unique prompts (no prefix-cache hits), `ignore_eos`.
+
 Outputs in --out (at most 8 files): results.json, bench.log, cache-configs.log, logs.tgz (server and
 quantize logs), recorded.tgz (client replies recorded through the proxy). Models live in --workdir.
 """
@@ -29,14 +32,11 @@ quantize logs), recorded.tgz (client replies recorded through the proxy). Models
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -45,12 +45,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kit.render import auto_awq_args, serve_args
-from kit.settings import DEFAULT_SETTINGS_PATH, Settings, deep_merge, load_settings
-from tests.gpu import loadgen
-from tests.gpu.server import ServerRun, error_lines, gpu_memory, kv_capacity, parse_cache_configs, wait_gpu_released
+from kit.settings import Settings, load_settings
+from tests.gpu import openai_load as ol
+from tests.gpu.bench_harness import BenchBase, dir_size, now, package_versions, run_to_log, setup_logging
+from tests.gpu.bench_loads import SHORT_CHARS, calibrate_chars, capacity_load, seqs_fit, streams64
+from tests.gpu.bench_ratios import CACHE_RATIO, TARGETS, compute_ratios
+from tests.gpu.server import ServerRun, error_lines, gpu_memory, kv_capacity, parse_cache_configs
+
+__all__ = ["Bench", "build_parser", "calibrate_chars", "compute_ratios", "main"]
 
 log = logging.getLogger("bench")
 
@@ -64,7 +67,6 @@ SERVER_STAGES = {
     "awq-kv8": ("seed", 8, True),
     "awq-kv0": ("seed", 0, True),
 }
-CACHE_RATIO = 0.4
 # The real internlm2_5-1_8b-chat shape, and the --quick one (hidden a multiple of the AWQ group 128).
 FULL_SHAPE = dict(
     hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, vocab_size=92544
@@ -72,30 +74,17 @@ FULL_SHAPE = dict(
 QUICK_SHAPE = dict(
     hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=92544
 )
-TARGETS = {
-    "quantize_ratio_max": 1.05,
-    "rerun_s_max": 5.0,
-    "throughput_ratio_min": 0.95,
-    "kv8_capacity_min": 1.9,
-    "kv4_capacity_min": 3.5,
-    "capacity_load_ratio_min": 1.5,
-}
 
 
-class Bench:
+class Bench(BenchBase):
+    log = log
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = Path(args.out).resolve()
-        self.work = Path(args.workdir).resolve()
-        self.logs = self.work / "logs"
         self.quick = args.quick
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.settings_file = self.work / "settings.bench.yaml"
-        self.results: dict[str, Any] = {
+        results = {
             "schema": SCHEMA_VERSION,
             "kind": "quick" if self.quick else "full",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": now(),
             "environment": {},
             "model": {},
             "quantize": {},
@@ -106,22 +95,17 @@ class Bench:
             "stages": {},
             "notes": [],
         }
-        self.gpu_baseline_mib: int | None = None
+        super().__init__(args, results)
 
     # -- settings ---------------------------------------------------------------------------
     def write_settings(self) -> None:
-        """settings.yaml with the bench's overrides in `defaults:`; every kit subprocess reads it (KIT_SETTINGS)."""
-        raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
         over: dict[str, Any] = {
             "storage": {"models_root": str(self.work / "models")},
             "serving": {"backend": "pytorch", "log_level": "INFO"},
         }
         if self.quick:
             over["quantization"] = {"calib_samples": 16, "calib_seqlen": 256}
-        raw["defaults"] = deep_merge(raw.get("defaults") or {}, over)
-        self.settings_file.parent.mkdir(parents=True, exist_ok=True)
-        self.settings_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-        self.results["settings_overrides"] = over
+        self.write_settings_file(over)
 
     def settings(self, profile: str, quant_policy: int | None = None) -> Settings:
         # The tiny quick model would get millions of KV blocks at 0.4, overflowing lmdeploy's
@@ -131,65 +115,29 @@ class Bench:
             serving["quant_policy"] = quant_policy
         return load_settings(profile, path=self.settings_file, overrides={"serving": serving})
 
-    def kit_env(self, profile: str) -> dict[str, str]:
-        return {**os.environ, "KIT_SETTINGS": str(self.settings_file), "PROFILE": profile, "PYTHONUNBUFFERED": "1"}
-
     # -- bookkeeping -----------------------------------------------------------------------
+    def ratios(self) -> dict[str, Any]:
+        return compute_ratios(self.results)
+
     def save(self) -> None:
-        self.results["ratios"] = compute_ratios(self.results)
-        self.results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        tmp = self.out / "results.json.tmp"
-        tmp.write_text(json.dumps(self.results, indent=2, sort_keys=False) + "\n")
-        tmp.replace(self.out / "results.json")
+        super().save()
         caches = [
             f"# {name}: {c.get('serve_argv_str', '')}\n{c['cache_config_raw']}\n"
             for name, c in self.results["configs"].items()
             if c.get("cache_config_raw")
         ]
         (self.out / "cache-configs.log").write_text("".join(caches))
-        with tarfile.open(self.out / "logs.tgz", "w:gz") as tar:
-            tar.add(self.logs, arcname="logs")
 
-    def run_stage(self, name: str, fn) -> None:
-        t0 = time.perf_counter()
-        log.info("=== stage %s ===", name)
-        status: dict[str, Any] = {"status": "running"}
-        self.results["stages"][name] = status
-        try:
-            fn()
-            status["status"] = "ok"
-        except Exception as exc:
-            status.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:1000])
-            log.error("stage %s failed: %s", name, exc)
-            log.debug("%s", traceback.format_exc())
-            (self.logs / f"stage-{name}.traceback.txt").write_text(traceback.format_exc())
-        status["seconds"] = round(time.perf_counter() - t0, 1)
-        log.info("stage %s: %s in %.0f s", name, status["status"], status["seconds"])
-        self.save()
+    def stage_failed(self, name: str) -> None:
+        (self.logs / f"stage-{name}.traceback.txt").write_text(traceback.format_exc())
 
     # -- environment -----------------------------------------------------------------------
     def environment(self) -> None:
         env: dict[str, Any] = {"python": platform.python_version(), "host": platform.node()}
         gpu = gpu_memory()
         env.update(gpu=gpu.get("name"), driver=gpu.get("driver"), gpu_total_mib=gpu.get("total_mib"), gpu_baseline_mib=gpu.get("used_mib"))
-        self.gpu_baseline_mib = gpu.get("used_mib")
-        probe = (
-            "import json,importlib\n"
-            "out={}\n"
-            "for m in ('torch','transformers','lmdeploy','triton'):\n"
-            "  try:\n"
-            "    mod=importlib.import_module(m); out[m]=getattr(mod,'__version__','?')\n"
-            "  except Exception as e: out[m]='missing: %s'%e\n"
-            "try:\n"
-            "  import torch; out['cuda']=torch.version.cuda\n"
-            "except Exception: pass\n"
-            "print(json.dumps(out))\n"
-        )
-        try:
-            cp = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
-            env.update(json.loads(cp.stdout.strip().splitlines()[-1]))
-        except Exception as exc:  # versions are nice to have; never stop the run for them
-            env["versions_error"] = str(exc)
+        self.baseline_mib = gpu.get("used_mib")
+        env.update(package_versions())
         env["backend"] = "pytorch"
         self.results["environment"] = env
         log.info("environment: %s", env)
@@ -221,7 +169,7 @@ class Bench:
         calib = Path(s.calibration_path)
         if not calib.is_file():
             calib = self.work / "calib-fallback.txt"
-            calib.write_text(" ".join(loadgen.unique_prompt(i, 200) for i in range(400)))
+            calib.write_text(" ".join(ol.prompt(i, 1200) for i in range(400)))
             q["calibration_note"] = f"{s.calibration_path} missing after the kit run; bare used a generated text"
         q["calibration_file"] = str(calib)
         bare_dir = str(self.work / "models" / "bare-w4a16")
@@ -252,32 +200,15 @@ class Bench:
 
     def run_logged(self, name: str, cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
         """Run a command with output to logs/<name>.log; wall time, rc, the log's last lines and peak GPU memory."""
-        logfile = self.logs / f"{name}.log"
         log.info("%s: %s", name, " ".join(cmd))
-        t0 = time.perf_counter()
-        with logfile.open("wb") as fh:
-            proc = subprocess.Popen(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True
-            )
-            peak = 0
-            while True:
-                try:
-                    rc = proc.wait(timeout=2)
-                    break
-                except subprocess.TimeoutExpired:
-                    peak = max(peak, gpu_memory().get("used_mib") or 0)
-                    if time.perf_counter() - t0 > timeout:
-                        os.killpg(proc.pid, 9)
-                        rc = proc.wait()
-                        break
-        seconds = round(time.perf_counter() - t0, 2)
-        text = logfile.read_text(errors="replace")
+        done = run_to_log(cmd, self.logs / f"{name}.log", env or {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout)
+        rc, seconds, text = done.rc, round(done.seconds, 2), done.text
         tail = " | ".join((error_lines(text) or text.splitlines()[-4:])[-4:])[:800]
         log.info("%s: rc %s in %.1f s", name, rc, seconds)
         return {
             "rc": rc,
             "seconds": seconds,
-            "peak_gpu_used_mib": peak or None,
+            "peak_gpu_used_mib": done.peak_gpu_used_mib,
             "tail": tail if rc else text.splitlines()[-1][:300] if text else "",
         }
 
@@ -309,45 +240,36 @@ class Bench:
         rec["serve_argv_str"] = " ".join(argv)
         self.results["configs"][name] = rec
         before = gpu_memory().get("used_mib")
-        srv = ServerRun(name, argv, s.serving.port, self.logs / f"server-{name}.log")
-        srv.start()
-        try:
-            ok = srv.wait_ready(timeout_s=self.args.ready_timeout)
-            rec["ready_s"] = srv.ready_s
+        with self.api_server(name, argv, s.serving.port, rec, self.args.ready_timeout, release_key="gpu_release_wait_s") as srv:
             text = srv.log_text()
             caches = parse_cache_configs(text)
             if caches:
                 rec["cache_config_raw"] = caches[-1]["raw"]
                 rec["kv"] = kv_capacity(caches[-1])
-            if not ok:
+            if srv.ready_s is None:
                 rec["error"] = srv.error
                 raise RuntimeError(srv.error)
             mem = gpu_memory()
             rec["gpu_used_mib"] = mem.get("used_mib")
             rec["gpu_used_by_server_mib"] = (mem["used_mib"] - before) if mem.get("used_mib") is not None and before is not None else None
             self.save()
-            asyncio.run(self.measure(name, srv, rec, s))
+            self.measure(name, srv, rec)
             rec["gpu_used_after_load_mib"] = gpu_memory().get("used_mib")
             rec["log_errors"] = error_lines(srv.log_text())
-        finally:
-            srv.stop()
-            rec["gpu_release_wait_s"] = wait_gpu_released(self.gpu_baseline_mib)
 
-    async def measure(self, name: str, srv: ServerRun, rec: dict[str, Any], s: Settings) -> None:
+    def measure(self, name: str, srv: ServerRun, rec: dict[str, Any]) -> None:
         base = srv.base_url
-        status, models = await loadgen.http_json(base + "/models", timeout=30)
-        model = models["data"][0]["id"] if status == 200 and isinstance(models, dict) and models.get("data") else s.model.name
-        rec["served_model"] = model
-        short = lambda i: loadgen.unique_prompt(i, 48, seed=zlib.crc32(name.encode()) % 1000)  # noqa: E731
-        warm = await asyncio.gather(*(loadgen.stream_chat(base, model, short(10_000 + i), 16) for i in range(8)))
-        rec["warmup_errors"] = [r.error for r in warm if not r.ok]
-        if all(not r.ok for r in warm):
-            raise RuntimeError(f"every warm-up request failed: {rec['warmup_errors'][:2]}")
+        model = rec["served_model"] = ol.served_model(base)
+        seed = zlib.crc32(name.encode()) % 1000  # each config its own prompts
+        warm = ol.run_load(base, model, ol.LoadSpec(8, 8, SHORT_CHARS, 16, stream=True, seed=seed + 1))
+        rec["warmup_errors"] = warm.first_errors
+        if warm.errors == warm.requests:
+            raise RuntimeError(f"every warm-up request failed: {warm.first_errors[:2]}")
         steps = [
-            ("batch1", lambda: self.batch1(base, model, short)),
+            ("batch1", lambda: ol.batch1(base, model, 3, self.new_tokens, SHORT_CHARS)),
             ("clients", lambda: self.clients(name, srv, model)),
-            ("streams64", lambda: self.streams(base, model, short)),
-            ("capacity", lambda: self.capacity(name, base, model, rec)),
+            ("streams64", lambda: streams64(base, model, seed, self.new_tokens, self.args.duration)),
+            ("capacity", lambda: self.capacity(base, model, rec)),
         ]
         for step, fn in steps:
             if step == "clients" and name != self.args.clients_on:
@@ -358,7 +280,7 @@ class Bench:
                 continue
             t0 = time.perf_counter()
             try:
-                rec[step] = await fn()
+                rec[step] = fn()
             except Exception as exc:
                 log.error("%s/%s failed: %s", name, step, exc)
                 log.debug("%s", traceback.format_exc())
@@ -366,41 +288,22 @@ class Bench:
             log.info("%s/%s (%.0f s): %s", name, step, time.perf_counter() - t0, _brief(rec[step]))
             self.save()
 
-    async def batch1(self, base: str, model: str, prompt_for) -> dict[str, Any]:
-        return await loadgen.repeated_single(base, model, 3, 64 if self.quick else 256, prompt_for)
+    @property
+    def new_tokens(self) -> int:
+        return 64 if self.quick else 256
 
-    async def streams(self, base: str, model: str, prompt_for) -> dict[str, Any]:
-        stats = await loadgen.sustained_load(base, model, 64, self.args.duration, 64 if self.quick else 256, prompt_for)
-        return stats.as_dict() | {"max_tokens": 64 if self.quick else 256}
-
-    async def capacity(self, name: str, base: str, model: str, rec: dict[str, Any]) -> dict[str, Any]:
-        """Long prompts and more streams than the fp16 KV cache holds at once."""
+    def capacity(self, base: str, model: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """Long prompts and more streams than the fp16 KV cache holds at once (the same count for every config)."""
         target = 512 if self.quick else 4096
-        new = 64 if self.quick else 256
-        words, measured = await calibrate_words(base, model, target)
-        fp16 = (self.results["configs"].get("fp16") or {}).get("kv") or {}
-        kv = rec.get("kv") or {}
-        block = kv.get("block_size") or 64
-        per_seq = math.ceil((target + new) / block)
-        fp16_blocks = fp16.get("num_gpu_blocks") or (kv.get("num_gpu_blocks", 0) * {0: 1, 8: 0.5, 4: 0.25}[rec["quant_policy"]])
-        fp16_seqs = int(fp16_blocks // per_seq) if fp16_blocks else 32
+        fp16_kv = (self.results["configs"].get("fp16") or {}).get("kv") or {}
+        fp16_seqs, mine = seqs_fit(rec.get("kv") or {}, fp16_kv, rec["quant_policy"], target + self.new_tokens)
         streams = self.results.get("capacity_streams") or int(min(max(2 * fp16_seqs, fp16_seqs + 8), 512))
         self.results["capacity_streams"] = streams
-        prompt = lambda i: loadgen.unique_prompt(i, words, seed=7)  # noqa: E731
-        stats = await loadgen.sustained_load(base, model, streams, self.args.duration, new, prompt, warmup_s=0.0, request_timeout=900)
-        return stats.as_dict() | {
-            "prompt_tokens_target": target,
-            "prompt_tokens_measured": measured,
-            "max_tokens": new,
-            "fp16_seqs_fit": fp16_seqs,
-            "seqs_fit_this_config": int(kv["num_gpu_blocks"] // per_seq) if kv.get("num_gpu_blocks") else None,
-        }
+        load = capacity_load(base, model, streams, target, self.new_tokens, self.args.duration)
+        return load | {"fp16_seqs_fit": fp16_seqs, "seqs_fit_this_config": mine}
 
     # -- clients ---------------------------------------------------------------------------
-    async def clients(self, name: str, srv: ServerRun, model: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self._clients_sync, name, srv, model)
-
-    def _clients_sync(self, name: str, srv: ServerRun, model: str) -> dict[str, Any]:
+    def clients(self, name: str, srv: ServerRun, model: str) -> dict[str, Any]:
         from tests.gpu.clients_run import run_clients
 
         out = run_clients(
@@ -427,125 +330,22 @@ class Bench:
                 self.results["stages"].setdefault(stage, {"status": "skipped"})
                 continue
             if stage == "model":
-                self.run_stage(stage, self.stage_model)
+                self.stage(stage, self.stage_model)
             elif stage == "quantize":
-                self.run_stage(stage, self.stage_quantize)
+                self.stage(stage, self.stage_quantize)
             else:
-                self.run_stage(stage, lambda st=stage: self.stage_server(st))
-        self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                self.stage(stage, lambda st=stage: self.stage_server(st))
+        self.results["finished"] = now()
         self.save()
         failed = [k for k, v in self.results["stages"].items() if v.get("status") == "failed"]
         print(json.dumps({"results": str(self.out / "results.json"), "failed_stages": failed, "ratios": self.results["ratios"]}, indent=2))
         return 1 if failed else 0
 
 
-async def calibrate_words(base: str, model: str, target_tokens: int) -> tuple[int, int | None]:
-    """How many prompt words make `target_tokens` prompt tokens, measured with the server's own count."""
-
-    async def count(words: int) -> int | None:
-        payload = {"model": model, "messages": [{"role": "user", "content": loadgen.unique_prompt(0, words, seed=99)}], "max_tokens": 1}
-        status, body = await loadgen.http_json(base + "/chat/completions", "POST", payload, timeout=120)
-        return (body.get("usage") or {}).get("prompt_tokens") if status == 200 and isinstance(body, dict) else None
-
-    small, big = 16, 512
-    n_small, n_big = await count(small), await count(big)
-    if not n_small or not n_big or n_big <= n_small:
-        return target_tokens // 2, None
-    per_word = (n_big - n_small) / (big - small)
-    words = max(1, int((target_tokens - (n_small - small * per_word)) / per_word))
-    measured = await count(words)
-    if measured:  # one correction step
-        words = max(1, int(words + (target_tokens - measured) / per_word))
-        measured = await count(words)
-    return words, measured
-
-
-def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets as ratios measured in this run, each with its value, target and pass/fail."""
-    out: dict[str, Any] = {}
-    cfg = results.get("configs") or {}
-
-    def put(key: str, value: float | None, target: float, higher_is_better: bool, basis: str) -> None:
-        if value is None:
-            return
-        ok = value >= target if higher_is_better else value <= target
-        out[key] = {"value": round(value, 3), "target": f"{'>=' if higher_is_better else '<='} {target}", "pass": ok, "basis": basis}
-
-    q = results.get("quantize") or {}
-    kit, bare, rerun = q.get("kit") or {}, q.get("bare") or {}, q.get("rerun") or {}
-    if kit.get("rc") == 0 and bare.get("rc") == 0 and bare.get("seconds"):
-        put(
-            "quantize_kit_over_bare",
-            kit["seconds"] / bare["seconds"],
-            TARGETS["quantize_ratio_max"],
-            False,
-            "wall seconds, same args, same run",
-        )
-    if rerun.get("rc") == 0:
-        put("quantize_rerun_s", rerun["seconds"], TARGETS["rerun_s_max"], False, "unchanged re-run wall seconds")
-
-    def steady(name: str, key: str = "streams64") -> float | None:
-        st = (cfg.get(name) or {}).get(key) or {}
-        if st.get("errors"):
-            return None
-        return st.get("steady_tok_s") or st.get("total_tok_s")
-
-    k4, b4 = steady("awq-kv4"), steady("bare")
-    if k4 and b4:
-        put(
-            "throughput_kit_over_bare",
-            k4 / b4,
-            TARGETS["throughput_ratio_min"],
-            True,
-            "64 streams steady tok/s, awq-kv4 vs bare hand-typed",
-        )
-
-    def tokens(name: str) -> int | None:
-        return ((cfg.get(name) or {}).get("kv") or {}).get("tokens")
-
-    for qp, tkey in ((8, "kv8_capacity_min"), (4, "kv4_capacity_min")):
-        mine = tokens(f"awq-kv{qp}")
-        base_name = "awq-kv0" if tokens("awq-kv0") else "fp16"
-        base = tokens(base_name)
-        if mine and base:
-            put(
-                f"kv{qp}_tokens_over_unquantized",
-                mine / base,
-                TARGETS[tkey],
-                True,
-                f"engine-reported KV tokens vs {base_name} at cache {CACHE_RATIO}",
-            )
-        if mine and tokens("fp16") and base_name != "fp16":
-            out[f"kv{qp}_tokens_over_fp16"] = {"value": round(mine / tokens("fp16"), 3), "info": "vs the fp16-weights server"}
-
-    c4 = (cfg.get("awq-kv4") or {}).get("capacity") or {}
-    c0 = (cfg.get("fp16") or {}).get("capacity") or {}
-    if c4.get("total_tok_s") and c0.get("total_tok_s"):
-        put(
-            "capacity_load_kv4_over_fp16",
-            c4["total_tok_s"] / c0["total_tok_s"],
-            TARGETS["capacity_load_ratio_min"],
-            True,
-            "output tok/s under the capacity-bound load (long prompts, more streams than fp16 KV holds)",
-        )
-        out["capacity_load_errors"] = {
-            "value": (c4.get("errors") or 0) + (c0.get("errors") or 0),
-            "target": "== 0",
-            "pass": not (c4.get("errors") or c0.get("errors")),
-        }
-    return out
-
-
-def dir_size(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _brief(d: Any) -> str:
     if not isinstance(d, dict):
         return str(d)
-    keys = ("error", "errors", "decode_tok_s", "ttft_s", "total_tok_s", "steady_tok_s", "ttft_p50_s", "ttft_p95_s", "concurrency")
+    keys = ("error", "errors", "decode_tok_s", "ttft_s", "total_tok_s", "ttft_p50_s", "ttft_p95_s", "concurrency")
     return ", ".join(f"{k}={d[k]}" for k in keys if k in d) or json.dumps(d)[:200]
 
 
@@ -584,12 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.clients_on == "fp16" and "fp16" not in args.stages:
             args.clients_on = "awq-kv4"
     args.duration = args.duration or (5.0 if args.quick else 20.0)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(Path(args.out) / "bench.log")]
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for h in handlers:
-        h.setFormatter(fmt)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers, force=True)
+    setup_logging(Path(args.out), verbose=bool(args.verbose))
     if not shutil.which("nvidia-smi") and not gpu_memory():
         log.error("no NVIDIA GPU found (nvidia-smi / NVML); the benchmark needs one")
         return 2

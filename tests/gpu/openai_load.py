@@ -8,7 +8,8 @@ of the whole run divided by the wall time from the first request sent to the las
 Each process runs `concurrency / procs` closed-loop workers over its share of the requests, so one
 Python process parsing every streamed token (15-20k tokens/s) does not cap the figure. `ignore_eos`
 makes random-weight models produce exactly `max_tokens` tokens. Streamed requests record the time
-to the first content chunk (TTFT); whole (non-streamed) responses record none.
+to the first content chunk (TTFT); whole (non-streamed) responses record none. With `duration_s`
+the workers stop taking new requests once that many seconds have passed (`requests` is then a cap).
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from tests.gpu.loadgen import percentile
 
 _WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa romeo sierra tango".split()
 
@@ -39,6 +40,7 @@ class LoadSpec:
     procs: int = 1
     seed: int = 0
     timeout_s: float = 1800.0
+    duration_s: float = 0.0  # > 0: stop taking new requests after this many seconds (requests is a cap)
 
 
 @dataclass
@@ -102,20 +104,24 @@ async def _one(client: Any, model: str, text: str, spec: LoadSpec) -> dict[str, 
     return rec
 
 
-async def _process_load(base_url: str, model: str, spec: LoadSpec, indices: list[int], workers: int, start_at: float) -> list[dict]:
+async def _process_load(base_url: str, model: str, spec: LoadSpec, indices: Sequence[int], workers: int, start_at: float) -> list[dict]:
     import httpx
     from openai import AsyncOpenAI
 
     limits = httpx.Limits(max_connections=workers + 8, max_keepalive_connections=workers + 8)
     http = httpx.AsyncClient(limits=limits, timeout=spec.timeout_s)
     client = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=spec.timeout_s, http_client=http)
-    texts = {i: prompt(i, spec.prompt_chars, spec.seed) for i in indices}
-    queue = list(reversed(indices))
+    # A counted run builds its prompts before the clock starts; a timed one (requests only a cap) as it goes.
+    texts = {} if spec.duration_s else {i: prompt(i, spec.prompt_chars, spec.seed) for i in indices}
+    deadline = start_at + spec.duration_s if spec.duration_s else math.inf
+    todo = iter(indices)  # shared by the workers: each index is sent once
     out: list[dict] = []
 
     async def worker() -> None:
-        while queue:
-            out.append(await _one(client, model, texts[queue.pop()], spec))
+        for i in todo:
+            if time.perf_counter() >= deadline:
+                break
+            out.append(await _one(client, model, texts.get(i) or prompt(i, spec.prompt_chars, spec.seed), spec))
 
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     await asyncio.gather(*(worker() for _ in range(workers)))
@@ -133,7 +139,7 @@ def run_load(base_url: str, model: str, spec: LoadSpec) -> LoadStats:
     start_at = time.perf_counter() + 1.0 + 0.3 * procs
     jobs = []
     for p in range(procs):
-        indices = list(range(p, spec.requests, procs))
+        indices = range(p, spec.requests, procs)
         workers = spec.concurrency // procs + (1 if p < spec.concurrency % procs else 0)
         jobs.append((base_url, model, spec, indices, workers, start_at))
     if procs == 1:
@@ -165,6 +171,15 @@ def summarize(records: list[dict], spec: LoadSpec, procs: int) -> LoadStats:
         latency_p50_s=_r(statistics.median(lat)) if lat else None,
         first_errors=sorted({r.get("error", "") for r in records if not r["ok"]})[:3],
     )
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
 
 
 def batch1(base_url: str, model: str, repeats: int = 3, max_tokens: int = 256, prompt_chars: int = 64) -> dict[str, Any]:

@@ -7,7 +7,7 @@ interpreter's PYTHONPATH bundle is used. Output goes to a log file the harness k
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import logging
 import os
 import re
@@ -16,11 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tests.gpu.loadgen import http_json
 
 log = logging.getLogger("bench.server")
 
@@ -167,12 +166,13 @@ class ServerRun:
                 self.error = f"api_server exited with {self.proc.returncode} before ready: {' | '.join(tail)[:600]}"
                 return False
             try:
-                status, _ = asyncio.run(http_json(url, timeout=5))
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    status = resp.status
                 if status == 200:
                     self.ready_s = round(time.perf_counter() - self.t_start, 2)
                     log.info("%s ready after %.1f s", self.name, self.ready_s)
                     return True
-            except (OSError, asyncio.TimeoutError, ValueError, Exception) as exc:  # connection refused while loading
+            except (OSError, http.client.HTTPException) as exc:  # refused or 503 (HTTPError) while loading, timeouts
                 log.debug("health: %s", exc)
             time.sleep(interval_s)
         self.error = f"api_server not ready after {timeout_s:.0f} s"

@@ -1,18 +1,23 @@
 """CPU tests of the GPU benchmark harness: argv from settings, engine-log parsing, ratios and
-targets, the results file, the load generator and recording proxy against a local streaming server."""
+targets, the results file, servers started and stopped, the PyTorch benchmark's loads (openai_load)
+and the recording proxy against a local streaming server, its load records read by clients/report."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from clients.report.render import context, num
 from kit.render import serve_args
-from tests.gpu import bench, loadgen
+from tests.gpu import bench, bench_loads
+from tests.gpu import openai_load as ol
+from tests.gpu.bench_harness import TIMEOUT_RC, run_to_log
 from tests.gpu.fake_server import FakeServer
 from tests.gpu.server import kv_capacity, parse_cache_configs, python_argv
 from tests.support.net import free_port
@@ -129,7 +134,7 @@ def test_results_file_is_written_after_every_stage_even_when_one_fails(bench_obj
     def boom() -> None:
         raise RuntimeError("engine died")
 
-    bench_obj.run_stage("awq-kv8", boom)
+    bench_obj.stage("awq-kv8", boom)
     out = json.loads((bench_obj.out / "results.json").read_text())
     assert out["schema"] == bench.SCHEMA_VERSION
     assert out["stages"]["awq-kv8"]["status"] == "failed" and "engine died" in out["stages"]["awq-kv8"]["error"]
@@ -146,57 +151,128 @@ def test_cli_refuses_unknown_stages_and_machines_without_a_gpu(tmp_path: Path, m
         assert bench.main(["--quick", "--out", str(tmp_path)]) == 2
 
 
-def test_sustained_load_counts_tokens_ttft_and_errors(fake) -> None:
+def test_timed_load_stops_at_its_duration_and_counts_tokens_ttft_and_errors(fake) -> None:
     server, url = fake
-    stats = asyncio.run(loadgen.sustained_load(url + "/v1", "fake-model", 8, 1.0, 20, lambda i: loadgen.unique_prompt(i, 10), warmup_s=0.2))
-    assert stats.errors == 0 and stats.requests >= 8 and stats.concurrency == 8
-    assert stats.output_tokens == 20 * stats.requests
+    spec = ol.LoadSpec(2000, 8, 40, 20, stream=True, duration_s=1.0)  # 2000 requests would take ~15 s
+    stats = ol.run_load(url + "/v1", "fake-model", spec)
+    assert stats.errors == 0 and stats.concurrency == 8 and 8 < stats.requests < 2000  # closed loop, cut at the deadline
+    assert stats.wall_s < 3.0 and stats.output_tokens == 20 * stats.requests
     assert stats.ttft_p50_s is not None and 0.015 <= stats.ttft_p50_s < 1.0 and stats.ttft_p95_s >= stats.ttft_p50_s
-    assert stats.total_tok_s > 0 and stats.steady_tok_s > 0
     prompts = [r["json"]["messages"][0]["content"] for r in server.requests if r["path"] == "/v1/chat/completions"]
-    assert len(set(prompts)) == len(prompts)  # unique prompts: no prefix-cache effects
+    assert len(prompts) == stats.requests and len(set(prompts)) == len(prompts)  # unique: no prefix-cache effects
     sent = server.requests[-1]["json"]
     assert sent["ignore_eos"] is True and sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
     server.fail_every = 3
-    stats = asyncio.run(loadgen.sustained_load(url + "/v1", "fake-model", 4, 0.5, 5, lambda i: loadgen.unique_prompt(i, 5)))
-    assert stats.errors > 0 and any("HTTP 500" in e for e in stats.first_errors)
+    stats = ol.run_load(url + "/v1", "fake-model", ol.LoadSpec(2000, 4, 5, 5, stream=True, duration_s=0.5))
+    assert stats.errors > 0 and any("500" in e for e in stats.first_errors)
 
 
 def test_batch1_medians_and_a_dead_server_is_an_error_not_a_crash(fake) -> None:
     _, url = fake
-    res = asyncio.run(loadgen.repeated_single(url + "/v1", "fake-model", 3, 30, lambda i: loadgen.unique_prompt(i, 8)))
+    res = ol.batch1(url + "/v1", "fake-model", 3, 30, 40)
     assert res["errors"] == 0 and len(res["decode_tok_s_all"]) == 3 and res["decode_tok_s"] > 0 and res["ttft_s"] >= 0.015
-    dead = asyncio.run(loadgen.stream_chat("http://127.0.0.1:9/v1", "m", "hi", 4, timeout=2))
-    assert not dead.ok and dead.error
+    dead = ol.run_load("http://127.0.0.1:9/v1", "m", ol.LoadSpec(1, 1, 4, 4, stream=True, timeout_s=2))
+    assert dead.errors == 1 and dead.first_errors
+    assert bench.calibrate_chars("http://127.0.0.1:9/v1", "m", 4096) == (2048, None)
 
 
 def test_prompt_length_is_calibrated_with_the_servers_token_count(fake) -> None:
     _, url = fake
-    words, measured = asyncio.run(bench.calibrate_words(url + "/v1", "fake-model", 4096))
-    assert measured is not None and abs(measured - 4096) <= 64
+    chars, measured = bench.calibrate_chars(url + "/v1", "fake-model", 4096)
+    assert measured is not None and abs(measured - 4096) <= 64 and chars == 4096 - 10  # the fake: one token a byte + 10
 
 
-def test_summary_percentiles_and_steady_window() -> None:
-    assert loadgen.percentile([5, 1, 3, 2, 4], 50) == 3 and loadgen.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95) == 10
-    assert loadgen.percentile([], 50) is None
-    rs = [loadgen.RequestResult(ok=True, t_start=0.0, t_first=1.0, t_end=11.0, completion_tokens=100)]
-    st = loadgen.summarize(rs, 1, t0=0.0, deadline=6.0, warmup=1.0)
-    assert st.steady_tok_s == 10.0 and st.total_tok_s == round(100 / 11, 2)
+def test_the_benchs_load_records_are_what_the_report_reads(fake) -> None:
+    """Producer (bench_loads against a streaming server) -> consumer (clients/report's tables)."""
+    _, url = fake
+    s64 = bench_loads.streams64(url + "/v1", "fake-model", 3, 20, 0.5)
+    cap = bench_loads.capacity_load(url + "/v1", "fake-model", 8, 300, 10, 0.5)
+    b1 = ol.batch1(url + "/v1", "fake-model", 3, 30, 40)
+    assert s64["total_tok_s"] > 0 and cap["total_tok_s"] > 0 and cap["prompt_tokens_measured"] == 300
+    ctx = context({"configs": {"fp16": {"quant_policy": 0, "batch1": b1, "streams64": s64, "capacity": cap}}}, [], None)
+    row = ctx["serving_rows"][0]
+    assert row[6:10] == [
+        num(b1["decode_tok_s"]),
+        num(b1["ttft_s"], 3),
+        num(s64["total_tok_s"]),
+        f"{num(s64['ttft_p50_s'], 3)} / {num(s64['ttft_p95_s'], 3)}",
+    ]
+    assert ctx["capacity"]["rows"][0][2:] == [
+        num(cap["total_tok_s"]),
+        f"{num(cap['ttft_p50_s'], 2)} / {num(cap['ttft_p95_s'], 2)}",
+        cap["requests"],
+        0,
+    ]
+    assert ctx["capacity"]["prompt"] == num(300) and not ctx["failures"]
+
+
+def test_capacity_sizes_its_streams_from_the_fp16_kv_cache() -> None:
+    kv4 = {"num_gpu_blocks": 20000, "block_size": 64}
+    assert bench_loads.seqs_fit(kv4, {"num_gpu_blocks": 4800}, 4, 4096 + 256) == (4800 // 68, 20000 // 68)
+    assert bench_loads.seqs_fit(kv4, {}, 4, 4352) == (5000 // 68, 294)  # fp16 not served: a quarter of the int4 blocks
+    assert bench_loads.seqs_fit({}, {}, 0, 4352) == (32, None)
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    assert ol.percentile([5, 1, 3, 2, 4], 50) == 3 and ol.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95) == 10
+    assert ol.percentile([], 50) is None
 
 
 def test_recording_proxy_saves_real_exchanges_and_passes_streams_through(fake, tmp_path: Path) -> None:
     _, url = fake
     with Recorder(url, tmp_path / "rec") as proxy:
-        r = asyncio.run(loadgen.stream_chat(proxy.root_url + "/v1", "fake-model", "hello", 5))
+        stats = ol.run_load(proxy.root_url + "/v1", "fake-model", ol.LoadSpec(1, 1, 5, 5, stream=True))
         with urllib.request.urlopen(proxy.root_url + "/v1/models", timeout=10) as resp:
             assert json.loads(resp.read())["data"][0]["id"] == "fake-model"
-    assert r.ok and r.completion_tokens == 5
+    assert stats.errors == 0 and stats.output_tokens == 5 and stats.ttft_p50_s is not None
     files = sorted((tmp_path / "rec").glob("*.json"))
     assert [f.name.split("-", 1)[1] for f in files] == ["post-v1-chat-completions-200.json", "get-v1-models-200.json"]
     chat = json.loads(files[0].read_text())
-    assert chat["request"]["body"]["messages"][0]["content"] == "hello"
+    assert chat["request"]["body"]["messages"][0]["content"] == ol.prompt(0, 5)
     assert chat["response"]["status"] == 200 and len(chat["response"]["events"]) == 7
+
+
+# /health answers 503 for its first two probes, then 200 (as lmdeploy while its engine loads).
+HEALTH_SERVER = """
+import http.server, sys
+hits = []
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        hits.append(1)
+        self.send_response(200 if len(hits) > 2 else 503)
+        self.end_headers()
+    def log_message(self, *a):
+        print("probe", len(hits), flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_a_server_is_waited_for_through_503s_and_stopped_after_its_work(bench_obj: bench.Bench) -> None:
+    port = free_port()
+    rec: dict = {}
+    argv = [sys.executable, "-c", HEALTH_SERVER, str(port)]
+    with bench_obj.api_server("health", argv, port, rec, ready_timeout=60, release_key="released_s") as srv:
+        assert srv.ready_s is not None and srv.proc.poll() is None
+    assert rec["ready_s"] == srv.ready_s and rec["released_s"] == 0.0 and srv.proc.poll() is not None  # stopped
+    assert "probe 3" in (bench_obj.logs / "server-health.log").read_text()
+
+    rec = {}
+    with bench_obj.api_server("dies", [sys.executable, "-c", "raise SystemExit(3)"], port, rec, 60, "released_s") as srv:
+        assert srv.ready_s is None and "exited with 3" in srv.error
+    assert rec["ready_s"] is None
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
+    sleeper = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    sleeper += "; print(c.pid, flush=True); time.sleep(60)"
+    t0 = time.perf_counter()
+    done = run_to_log([sys.executable, "-c", sleeper], tmp_path / "cmd.log", {}, timeout=1)
+    assert done.rc == TIMEOUT_RC and done.seconds < 10 and time.perf_counter() - t0 < 10
+    child = Path(f"/proc/{done.text.split()[0]}/stat")
+    assert not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # the grandchild is gone too
+    ok = run_to_log([sys.executable, "-c", "print('fine')"], tmp_path / "ok.log", {}, timeout=30)
+    assert (ok.rc, ok.text.strip(), ok.peak_gpu_used_mib) == (0, "fine", None)
 
 
 @pytest.mark.slow
