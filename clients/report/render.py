@@ -86,6 +86,7 @@ def run_serving(argv: list[str]) -> dict[str, Any]:
         "cache_max_entry_count": flag("--cache-max-entry-count", float, 0.4),
         "max_batch_size": flag("--max-batch-size", int, None),
         "session_len": flag("--session-len", int, None),
+        "max_prefill_token_num": flag("--max-prefill-token-num", int, None),
     }
 
 

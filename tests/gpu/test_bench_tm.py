@@ -83,16 +83,17 @@ def test_capacity_alternates_rounds_and_sweep_adopts_the_fastest_prefill_budget(
     argv += ["--sweep-prefill", "8192,16384,32768", "--adopt", "--pairs", "1"]
     args = bench_tm.build_parser().parse_args(argv)
     bench_tm.normalize(args)
-    bench = FakeBench(args, lambda label, mp: {8192: 100.0, 16384: 130.0, 32768: 120.0}.get(mp, 50.0))
+    # 32768 wins: not the settings' default, so only adoption can put it into the later servers' argv
+    bench = FakeBench(args, lambda label, mp: {8192: 100.0, 16384: 120.0, 32768: 130.0}.get(mp, 50.0))
     bench.write_settings()
     for name in ("sweep", "capacity", "pairs"):
         getattr(bench, f"stage_{name}")()
-    assert bench.results["sweep"]["best"] == 16384
+    assert bench.results["sweep"]["best"] == 32768
     assert bench.order == ["sweep-8192", "sweep-16384", "sweep-32768", "fp16-0", "awq-kv4-0", "awq-kv8-0"] + [
         "awq-kv4-1", "fp16-1", "fp16-2", "awq-kv4-2", "kit-0", "bare-0"]  # fmt: skip
     kit, bare = bench.results["pairs"]["kit_argv"], bench.results["pairs"]["bare_argv"]
     for cmd in (kit, bare, *(r["argv"] for r in bench.results["capacity"]["runs"])):
-        assert cmd[cmd.index("--max-prefill-token-num") + 1] == "16384"  # the adopted value reaches every later server
+        assert cmd[cmd.index("--max-prefill-token-num") + 1] == "32768"  # the adopted value reaches every later server
 
 
 def test_parse_budget_reads_turbomind_line() -> None:

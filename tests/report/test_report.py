@@ -141,8 +141,16 @@ def test_planner_prediction_sits_beside_the_engine_blocks() -> None:
 def test_planner_models_the_run_argv_not_todays_settings() -> None:
     data = json.loads((DOCS / "results.json").read_text())
     argv = data["configs"]["awq-kv4"]["serve_argv"]
-    assert render.run_serving(argv) == {"backend": "pytorch", "cache_max_entry_count": 0.4, "max_batch_size": None, "session_len": None}
-    assert render.run_serving([*argv, "--max-batch-size", "2048", "--session-len", "4096"])["max_batch_size"] == 2048
+    engine_defaults = {
+        "backend": "pytorch",
+        "cache_max_entry_count": 0.4,
+        "max_batch_size": None,
+        "session_len": None,
+        "max_prefill_token_num": None,
+    }
+    assert render.run_serving(argv) == engine_defaults
+    flags = [*argv, "--max-batch-size", "2048", "--session-len", "4096", "--max-prefill-token-num", "16384"]
+    assert render.run_serving(flags) == engine_defaults | {"max_batch_size": 2048, "session_len": 4096, "max_prefill_token_num": 16384}
     base = render.planner_predictions(data).blocks["awq-kv4"]
     data["configs"]["awq-kv4"]["serve_argv"] = [*argv, "--max-batch-size", "2048"]
     assert render.planner_predictions(data).blocks["awq-kv4"] != base  # the flag reaches the planner
