@@ -74,3 +74,27 @@ def test_replay_health_and_misses(recorded):
         except urllib.error.HTTPError as exc:
             assert exc.code == 404 and "nothing recorded" in exc.read().decode()
         assert len(srv.misses) == 1
+
+
+def _post(srv: ReplayServer, body: dict) -> int:
+    req = urllib.request.Request(
+        srv.base_url + "/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    req.add_header("Authorization", f"Bearer {KEY}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_replay_matches_on_the_conversation_not_the_sampling_knobs(recorded):
+    """A client may change model name, temperature, max_tokens or seed and still get the recorded reply;
+    a different conversation is a miss (the recordings answer what was asked, nothing else)."""
+    body = dict(next(e for e in chat_exchanges(recorded) if not e["request"]["body"].get("stream"))["request"]["body"])
+    with ReplayServer(recorded) as srv:
+        knobs = {"model": "other-name", "temperature": 0.01, "top_p": 0.5, "max_tokens": 7, "seed": 3, "user": "u"}
+        assert _post(srv, body | knobs) == 200
+        changed = body | {"messages": [*body["messages"][:-1], {"role": "user", "content": "something never recorded"}]}
+        assert _post(srv, changed) == 404 and len(srv.misses) == 1
