@@ -8,7 +8,7 @@
 - pods.py   `marker_reader_pod`, and `server_version` + `prestop_fallback` (the preStop `sleep` action
             needs Kubernetes >= 1.30).
 
-kit/cluster.py does the kubectl calls around them; tests/k8s/test_cluster_*.py test them directly.
+kit/cluster/ does the kubectl calls around them; tests/k8s/test_cluster_*.py test them directly.
 Every name is importable from here: `from kit.deploy_plan import deploy_steps`.
 """
 
