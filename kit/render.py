@@ -66,6 +66,8 @@ def serve_args(s: Settings, model_path: str | None = None, api_key: str | None =
         args += ["--max-batch-size", str(sv.max_batch_size)]
     if sv.max_prefill_token_num:
         args += ["--max-prefill-token-num", str(sv.max_prefill_token_num)]
+    if not sv.enable_metrics:
+        args.append("--disable-metrics")
     if s.model.trust_remote_code:
         args.append("--trust-remote-code")
     if api_key:

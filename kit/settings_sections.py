@@ -137,6 +137,9 @@ class ServingSettings(Section):
     max_prefill_token_num: int | None = Field(
         None, ge=256, le=262144, description="Prompt tokens prefilled per engine step (`--max-prefill-token-num`); empty = lmdeploy's 8192."
     )
+    enable_metrics: bool = Field(
+        True, description="lmdeploy's Prometheus `/metrics` (the monitoring overlay scrapes it); false renders `--disable-metrics`."
+    )
     port: int = Field(23333, ge=1024, le=65535, description="api_server port.")
     tp: int = Field(1, ge=1, le=8, description="Tensor parallelism (GPUs per replica).")
     tool_call_parser: Literal["internlm", "qwen", "llama3", "none"] = Field(

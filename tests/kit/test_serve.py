@@ -44,6 +44,7 @@ SITECUSTOMIZE = textwrap.dedent(
             json.dump({"model_path": model_path, "api_keys": kw.get("api_keys"), "server_port": kw.get("server_port"),
                        "tool_call_parser": kw.get("tool_call_parser"),
                        "max_prefill_token_num": getattr(kw.get("backend_config"), "max_prefill_token_num", None),
+                       "enable_metrics": getattr(kw.get("backend_config"), "enable_metrics", None),
                        "max_batch_size": getattr(kw.get("backend_config"), "max_batch_size", None)}, f)
         os.replace(rec + ".tmp", rec)
         time.sleep(600)
@@ -111,7 +112,7 @@ def running_server(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[subproces
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     record = tmp_path / "record.json"
     # The Deployment's command, with the tiny model and a batch size (lmdeploy sizes it from torch.cuda otherwise).
-    s = load_settings("default", overrides={"serving": {"max_batch_size": 8, "max_prefill_token_num": 4096, "port": 23999}})
+    s = load_settings("default", overrides={"serving": {"max_batch_size": 8, "max_prefill_token_num": 4096, "enable_metrics": False, "port": 23999}})
     command = serve_command(s)
     command[command.index(s.serve_path)] = str(tiny_model)
     command[command.index("--api-key-file") + 1] = str(key_file)
@@ -146,7 +147,8 @@ def test_key_reaches_lmdeploy_and_no_process_argv_holds_it(running_server: tuple
     # lmdeploy's own api_server command passed the key (whitespace stripped) and the rendered args through.
     assert got["api_keys"] == [key]
     assert got["server_port"] == 23999 and got["tool_call_parser"] == "internlm"
-    assert (got["max_batch_size"], got["max_prefill_token_num"]) == (8, 4096)  # engine settings reach the engine config
+    # engine settings reach the engine config
+    assert (got["max_batch_size"], got["max_prefill_token_num"], got["enable_metrics"]) == (8, 4096, False)
     assert got["model_path"] == command[command.index("api_server") + 1]
     pids = descendants(proc.pid)
     assert proc.pid in pids
