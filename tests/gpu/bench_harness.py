@@ -124,11 +124,18 @@ class BenchBase:
     # -- servers --------------------------------------------------------------------------
     @contextmanager
     def api_server(
-        self, label: str, argv: list[str], port: int, rec: dict[str, Any], ready_timeout: float, release_key: str
+        self,
+        label: str,
+        argv: list[str],
+        port: int,
+        rec: dict[str, Any],
+        ready_timeout: float,
+        release_key: str,
+        env: dict[str, str] | None = None,
     ) -> Iterator[ServerRun]:
         """Start an api_server and wait for /health; yield it (ready_s None: it never got ready, see .error);
         stop it and wait until GPU memory is back at the baseline (rec[release_key]: seconds waited)."""
-        srv = ServerRun(label, argv, port, self.logs / f"server-{label}.log")
+        srv = ServerRun(label, argv, port, self.logs / f"server-{label}.log", env=env or {})
         srv.start()
         try:
             srv.wait_ready(timeout_s=ready_timeout)

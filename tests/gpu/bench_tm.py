@@ -31,6 +31,8 @@ import os
 import re
 import statistics
 import sys
+
+import yaml
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ CAPACITY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 # config -> its ratio's key in results["ratios"]
 CAPACITY_RATIOS = {"awq-kv4": "capacity_kv4_over_fp16", "awq-kv8": "capacity_kv8_over_fp16", "fp16-kv4": "capacity_fp16_kv4_over_fp16"}
+# The kit runtime image's additions to lmdeploy's own dependencies, unpacked (the GPU machine has no pip index).
+KIT_SITE = Path(os.environ["KIT_BENCH_KIT_SITE"]) if os.environ.get("KIT_BENCH_KIT_SITE") else None
 TARGETS = {"throughput_kit_over_bare": 0.95, "capacity_kv4_over_fp16": 1.5}
 BUDGET_LINE = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
 
@@ -66,6 +70,44 @@ def parse_budget(text: str) -> dict[str, float] | None:
         return None
     budget, free, ratio = (float(x) for x in hits[-1])
     return {"budget_mb": budget, "free_mb": free, "ratio": ratio}
+
+
+# At INFO, TurboMind logs each request's admission (`[TM][INFO][1201.04:34:38.405499][scheduler.cc:1488] req 19 ...
+# computed [0,1044)`) and lmdeploy each finish (`2026-12-01 04:35:02,118 - ... session 19 finished, reason`).
+ADMIT_LINE = re.compile(r"\[TM\]\[INFO\]\[\d+\.(\d\d):(\d\d):([\d.]+)\]\[scheduler\.cc:\d+\] req (\d+) \(uid \d+\) resume")
+FINISH_LINE = re.compile(r"^\d{4}-\d\d-\d\d (\d\d):(\d\d):(\d\d),(\d+) .* session (\d+) finished, reason", re.M)
+
+
+def inflight(text: str, min_output_tokens: int = 1) -> dict[str, Any] | None:
+    """Sequences the engine held at once during a load, from a server log's admission and finish lines.
+
+    Counts only requests that finished with at least `min_output_tokens` (the load's, not the warm-up's).
+    `peak` and `median` (sampled every 0.5 s from the first admission to the last finish) show whether the
+    engine ever ran all the streams a load offered; `all_admitted_s` is when the last one got in.
+    """
+    def secs(h: str, m: str, s: float) -> float:
+        return int(h) * 3600 + int(m) * 60 + s
+
+    admitted: dict[int, float] = {}
+    for h, m, s, sid in ADMIT_LINE.findall(text):
+        admitted.setdefault(int(sid), secs(h, m, float(s)))
+    finished: dict[int, float] = {}
+    for line in text.splitlines():
+        if (hit := FINISH_LINE.match(line)) and (out := re.search(r"output_tokens (\d+)", line)) and int(out[1]) >= min_output_tokens:
+            h, m, s, ms, sid = hit.groups()
+            finished[int(sid)] = secs(h, m, int(s) + int(ms) / 1000)
+    spans = [(admitted[sid], end) for sid, end in finished.items() if sid in admitted]
+    if not spans:
+        return None
+    t0, t1 = min(a for a, _ in spans), max(e for _, e in spans)
+    samples = [sum(1 for a, e in spans if a <= t0 + i / 2 < e) for i in range(int((t1 - t0) * 2) + 1)]
+    return {
+        "requests": len(spans),
+        "peak": max(samples),
+        "median": statistics.median(samples),
+        "all_admitted_s": round(max(a for a, _ in spans) - t0, 1),
+        "span_s": round(t1 - t0, 1),
+    }
 
 
 class Bench(BenchBase):
@@ -112,10 +154,14 @@ class Bench(BenchBase):
         q["sizes_bytes"] = {"fp16": dir_size(Path(s.fp16_path)), "w4a16": dir_size(Path(s.quantized_path))}
         self.results["quantize"] = q
 
-    def serve(self, label: str, argv: list[str], port: int, work) -> dict[str, Any]:
-        """Start a server, run `work(base_url, model)`, stop it; the record holds ready time, budget line and memory."""
+    def serve(self, label: str, argv: list[str], port: int, work, kit: bool = True) -> dict[str, Any]:
+        """Start a server, run `work(base_url, model)`, stop it; the record holds ready time, budget line and memory.
+
+        `kit` servers see KIT_BENCH_KIT_SITE ahead of the lmdeploy bundle: the packages the kit's runtime image adds
+        to a bare `pip install lmdeploy` (images/requirements-kit.txt)."""
         rec: dict[str, Any] = {"argv": argv, "started": now()}
-        with self.api_server(label, argv, port, rec, ready_timeout=300, release_key="release_wait_s") as srv:
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(KIT_SITE), os.environ.get("PYTHONPATH")]))} if kit and KIT_SITE else {}
+        with self.api_server(label, argv, port, rec, ready_timeout=300, release_key="release_wait_s", env=env) as srv:
             rec["budget"] = parse_budget(srv.log_text())
             rec["gpu_used_mib"] = gpu_memory().get("used_mib")
             if srv.ready_s is None:
@@ -139,6 +185,8 @@ class Bench(BenchBase):
             return first | {"load": ol.run_load(base, model, spec).as_dict()}
 
         rec = self.serve(label, serve_args(s), s.serving.port, work)
+        server_log = self.logs / f"server-{label}.log"
+        rec["inflight"] = inflight(server_log.read_text(errors="replace"), spec.max_tokens) if server_log.exists() else None
         sv = s.serving
         rec["settings"] = {
             "quant_policy": sv.quant_policy,
@@ -148,15 +196,15 @@ class Bench(BenchBase):
         return rec
 
     def stage_sweep(self) -> None:
-        """One server per prefill budget under the capacity load; --adopt keeps the fastest for later stages."""
+        """One server per value of one setting under the capacity load; --adopt keeps the fastest for later stages."""
         a = self.args
-        if not a.sweep_prefill:
-            raise ValueError("the sweep stage needs --sweep-prefill N,N,...")
+        if not a.sweep_values:
+            raise ValueError("the sweep stage needs --sweep SECTION.KEY=V1,V2,... (or --sweep-prefill N,N,...)")
         spec = self.capacity_spec()
         runs: list[dict[str, Any]] = []
-        self.results["sweep"] = {"config": a.sweep_config, "key": "serving.max_prefill_token_num", "load": spec.__dict__, "runs": runs}
-        for value in a.sweep_prefill:
-            s = self.settings(deep_merge(CAPACITY_CONFIGS[a.sweep_config], {"serving": {"max_prefill_token_num": value}}))
+        self.results["sweep"] = {"config": a.sweep_config, "key": a.sweep_key, "load": spec.__dict__, "runs": runs}
+        for value in a.sweep_values:
+            s = self.settings(deep_merge(CAPACITY_CONFIGS[a.sweep_config], parse_override(f"{a.sweep_key}={value}")))
             runs.append({"value": value, **self.capacity_run(f"sweep-{value}", s, spec, batch1=False)})
             self.save()
         ok = [r for r in runs if (r.get("load") or {}).get("tok_s") and not r["load"]["errors"]]
@@ -165,10 +213,10 @@ class Bench(BenchBase):
         best = max(ok, key=lambda r: r["load"]["tok_s"])["value"]
         self.results["sweep"]["best"] = best
         if a.adopt:
-            self.adopted = [f"serving.max_prefill_token_num={best}"]
+            self.adopted = [f"{a.sweep_key}={best}"]
             self.write_settings()
             self.results["sweep"]["adopted"] = True
-        log.info("sweep: fastest max_prefill_token_num=%s%s", best, " (adopted)" if a.adopt else "")
+        log.info("sweep: fastest %s=%s%s", a.sweep_key, best, " (adopted)" if a.adopt else "")
 
     def stage_capacity(self) -> None:
         """--cap-rounds rounds over the configs, order reversed every other round; --cap-once configs in round 1 only."""
@@ -194,6 +242,8 @@ class Bench(BenchBase):
             argv += ["--max-batch-size", str(sv.max_batch_size)]
         if sv.max_prefill_token_num:
             argv += ["--max-prefill-token-num", str(sv.max_prefill_token_num)]
+        if not sv.enable_metrics:
+            argv.append("--disable-metrics")
         return argv + ["--log-level", sv.log_level]
 
     def stage_pairs(self) -> None:
@@ -205,7 +255,8 @@ class Bench(BenchBase):
         for i in range(a.pairs):
             for who in ("kit", "bare") if i % 2 == 0 else ("bare", "kit"):
                 argv = serve_args(s) if who == "kit" else self.bare_argv(s)
-                rec = self.serve(f"{who}-{i}", argv, s.serving.port, lambda base, model: {"load": ol.run_load(base, model, spec).as_dict()})
+                work = lambda base, model: {"load": ol.run_load(base, model, spec).as_dict()}  # noqa: E731
+                rec = self.serve(f"{who}-{i}", argv, s.serving.port, work, kit=who == "kit")
                 runs.append({"who": who, "pair": i, **{k: v for k, v in rec.items() if k != "argv"}})
                 self.save()
 
@@ -215,8 +266,9 @@ class Bench(BenchBase):
         self.baseline_mib = mem.get("used_mib")
         self.results["environment"] = {"gpu": mem.get("name"), "driver": mem.get("driver"), "gpu_total_mib": mem.get("total_mib")}
         self.results["environment"]["gpu_baseline_mib"] = self.baseline_mib
+        self.results["environment"]["kit_site"] = sorted(p.name.removesuffix(".dist-info") for p in KIT_SITE.glob("*.dist-info")) if KIT_SITE else []
         for name in STAGES:
-            if name in self.args.stages and (name != "sweep" or self.args.sweep_prefill):
+            if name in self.args.stages and (name != "sweep" or self.args.sweep_values):
                 self.stage(name, getattr(self, f"stage_{name}"))
         self.results["finished"] = now()
         self.save()
@@ -281,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap-rounds", type=int, default=3, help="capacity rounds, order alternating (median of the rounds)")
     p.add_argument("--cap-once", default="awq-kv8", help="capacity configs run in the first round only")
     p.add_argument("--sweep-config", default="awq-kv4", choices=sorted(CAPACITY_CONFIGS))
-    p.add_argument("--sweep-prefill", default="", help="max_prefill_token_num values for the sweep stage, e.g. 8192,16384,32768")
+    p.add_argument("--sweep", default="", metavar="SECTION.KEY=V1,V2", help="the sweep stage's setting and values, e.g. serving.enable_metrics=true,false")
+    p.add_argument("--sweep-prefill", default="", help="short for --sweep serving.max_prefill_token_num=V1,V2,...")
     p.add_argument("--adopt", action="store_true", help="the stages after the sweep use its fastest value")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="settings override for every server")
     p.add_argument("--pairs", type=int, default=3)
@@ -298,7 +351,9 @@ def normalize(args: argparse.Namespace) -> list[str]:
     args.stages = [s for s in args.stages.split(",") if s]
     args.configs = [c for c in args.configs.split(",") if c]
     args.cap_once = [c for c in args.cap_once.split(",") if c]
-    args.sweep_prefill = [int(v) for v in args.sweep_prefill.split(",") if v]
+    sweep = args.sweep or (f"serving.max_prefill_token_num={args.sweep_prefill}" if args.sweep_prefill else "=")
+    key, _, values = sweep.partition("=")
+    args.sweep_key, args.sweep_values = key, [yaml.safe_load(v) for v in values.split(",") if v]
     return [s for s in args.stages if s not in STAGES] + [c for c in [*args.configs, *args.cap_once] if c not in CAPACITY_CONFIGS]
 
 

@@ -3,6 +3,9 @@ server (whole-run tokens, TTFT, several processes), the ratios with their verdic
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import pytest
 
 from tests.gpu import bench_tm
@@ -70,10 +73,11 @@ class FakeBench(bench_tm.Bench):
 
     def __init__(self, args, speed) -> None:
         super().__init__(args)
-        self.speed, self.order = speed, []
+        self.speed, self.order, self.kit_servers = speed, [], []
 
-    def serve(self, label, argv, port, work):
+    def serve(self, label, argv, port, work, kit=True):
         self.order.append(label)
+        self.kit_servers.append(label) if kit else None
         mp = int(argv[argv.index("--max-prefill-token-num") + 1]) if "--max-prefill-token-num" in argv else None
         return {"argv": argv, "ready_s": 1.0, "load": {"tok_s": self.speed(label, mp), "errors": 0}, "batch1": {"decode_tok_s": 1.0}}
 
@@ -100,3 +104,49 @@ def test_parse_budget_reads_turbomind_line() -> None:
     log = "Loading...\n[TM][INFO][x][turbomind.cc:338] Object cache budget: 110868.10 MB from free 138585.12 MB and ratio 0.800\n"
     assert bench_tm.parse_budget(log) == {"budget_mb": 110868.1, "free_mb": 138585.12, "ratio": 0.8}
     assert bench_tm.parse_budget("no budget here") is None
+
+
+def test_a_sweep_of_any_setting_is_adopted_by_the_kit_and_the_bare_server_alike(tmp_path) -> None:
+    argv = ["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "w"), "--stages", "sweep,capacity,pairs"]
+    argv += ["--sweep", "serving.enable_metrics=true,false", "--adopt", "--pairs", "1", "--cap-rounds", "1", "--configs", "awq-kv4"]
+    args = bench_tm.build_parser().parse_args(argv)
+    bench_tm.normalize(args)
+    bench = FakeBench(args, lambda label, mp: 90.0 if label == "sweep-True" else 100.0)
+    bench.write_settings()
+    for name in ("sweep", "capacity", "pairs"):
+        getattr(bench, f"stage_{name}")()
+    sweep = bench.results["sweep"]
+    assert (sweep["key"], [r["value"] for r in sweep["runs"]], sweep["best"]) == ("serving.enable_metrics", [True, False], False)
+    assert "--disable-metrics" not in sweep["runs"][0]["argv"] and "--disable-metrics" in sweep["runs"][1]["argv"]
+    pairs = bench.results["pairs"]
+    for cmd in (pairs["kit_argv"], pairs["bare_argv"], bench.results["capacity"]["runs"][0]["argv"]):
+        assert "--disable-metrics" in cmd  # adopted: every later server, bare included (same engine config)
+    assert "bare-0" in bench.order and "bare-0" not in bench.kit_servers and "kit-0" in bench.kit_servers
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_inflight_counts_the_sequences_the_engine_held_from_a_recorded_log() -> None:
+    """Admission and finish lines of two servers of the 2026-12-01 H200 run (docs/benchmarks/turbomind, round 0):
+    1600 streams offered; the KV int4 server had room for ~2,100 but never held half of them."""
+    kv4 = bench_tm.inflight(gzip.open(FIXTURES / "tm-server-awq-kv4-0.sched.log.gz", "rt").read(), min_output_tokens=1024)
+    fp16 = bench_tm.inflight(gzip.open(FIXTURES / "tm-server-fp16-0.sched.log.gz", "rt").read(), min_output_tokens=1024)
+    assert kv4 == {"requests": 1600, "peak": 771, "median": 375, "all_admitted_s": 54.0, "span_s": 63.3}
+    assert fp16 == {"requests": 1600, "peak": 811, "median": 756, "all_admitted_s": 74.3, "span_s": 85.5}
+
+
+def test_inflight_skips_warmup_requests_and_unfinished_ones() -> None:
+    log = "\n".join([
+        "[TM][INFO][1201.04:00:00.000000][scheduler.cc:1488] req 1 (uid 1) resume [0,0) 0 blk | computed [0,84) 84 tok",
+        "2026-12-01 04:00:00,500 - lmdeploy - INFO - async_engine.py:781 - session 1 finished, reason \"length\", input_tokens 84, output_tokens 16",
+        "[TM][INFO][1201.04:00:01.000000][scheduler.cc:1488] req 2 (uid 2) resume [0,0) 0 blk | computed [0,1044) 1044 tok",
+        "[TM][INFO][1201.04:00:02.000000][scheduler.cc:1488] req 3 (uid 3) resume [0,0) 0 blk | computed [0,1044) 1044 tok",
+        "[TM][INFO][1201.04:00:02.500000][scheduler.cc:1488] req 3 (uid 4) resume [0,0) 0 blk | computed [0,1044) 1044 tok",
+        "[TM][INFO][1201.04:00:03.000000][scheduler.cc:1488] req 4 (uid 5) resume [0,0) 0 blk | computed [0,1044) 1044 tok",
+        "2026-12-01 04:00:04,000 - lmdeploy - INFO - async_engine.py:781 - session 2 finished, reason \"length\", input_tokens 1044, output_tokens 64",
+        "2026-12-01 04:00:05,000 - lmdeploy - INFO - async_engine.py:781 - session 3 finished, reason \"length\", input_tokens 1044, output_tokens 64",
+    ])  # fmt: skip
+    got = bench_tm.inflight(log, min_output_tokens=64)
+    assert got == {"requests": 2, "peak": 2, "median": 1, "all_admitted_s": 1.0, "span_s": 4.0}  # 0.5 s samples over [1 s, 5 s]
+    assert bench_tm.inflight("no scheduler lines", 64) is None
