@@ -31,10 +31,11 @@ import os
 import re
 import statistics
 import sys
-
-import yaml
+import tarfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kit.render import serve_args
 from kit.settings import Settings, deep_merge, load_settings, parse_override
@@ -75,6 +76,9 @@ def parse_budget(text: str) -> dict[str, float] | None:
 # At INFO, TurboMind logs each request's admission (`[TM][INFO][1201.04:34:38.405499][scheduler.cc:1488] req 19 ...
 # computed [0,1044)`) and lmdeploy each finish (`2026-12-01 04:35:02,118 - ... session 19 finished, reason`).
 ADMIT_LINE = re.compile(r"\[TM\]\[INFO\]\[\d+\.(\d\d):(\d\d):([\d.]+)\]\[scheduler\.cc:\d+\] req (\d+) \(uid \d+\) resume")
+# With metrics on, lmdeploy logs its own counters every 10 s: `Server (succeeded/failed/routed/waiting): 16 / 0 / 1037 / 0,
+# Engine (running/waiting): 1036 / 0, KV cache: 30.8%`. Routed = handed to the engine by the api_server.
+STATS_LINE = re.compile(r"routed/waiting\): \d+ / \d+ / (\d+) / -?\d+, Engine \(running/waiting\): (\d+) / (\d+), KV cache: ([\d.]+)%")
 FINISH_LINE = re.compile(r"^\d{4}-\d\d-\d\d (\d\d):(\d\d):(\d\d),(\d+) .* session (\d+) finished, reason", re.M)
 
 
@@ -101,13 +105,39 @@ def inflight(text: str, min_output_tokens: int = 1) -> dict[str, Any] | None:
         return None
     t0, t1 = min(a for a, _ in spans), max(e for _, e in spans)
     samples = [sum(1 for a, e in spans if a <= t0 + i / 2 < e) for i in range(int((t1 - t0) * 2) + 1)]
-    return {
+    out: dict[str, Any] = {
         "requests": len(spans),
         "peak": max(samples),
         "median": statistics.median(samples),
         "all_admitted_s": round(max(a for a, _ in spans) - t0, 1),
         "span_s": round(t1 - t0, 1),
     }
+    if stats := [(int(r), int(run), int(w), float(kv)) for r, run, w, kv in STATS_LINE.findall(text) if int(run)]:
+        # lmdeploy's own view, sampled every 10 s while the engine had work: KV-bound shows waiting > 0 at a full
+        # cache; a server that never routes all the streams to an engine with free cache is bound in front of it.
+        out["engine_stats"] = {
+            "samples": len(stats),
+            "routed_peak": max(s[0] for s in stats),
+            "running_median": statistics.median(s[1] for s in stats),
+            "waiting_median": statistics.median(s[2] for s in stats),
+            "kv_cache_peak_pct": max(s[3] for s in stats),
+        }
+    return out
+
+
+def reparse(results_file: Path) -> dict[str, Any]:
+    """Recompute every capacity and sweep run's `inflight` from the logs.tgz beside results.json (for runs
+    recorded before a field existed); returns the updated results, the file is rewritten."""
+    results = json.loads(results_file.read_text())
+    with tarfile.open(results_file.parent / "logs.tgz") as tar:
+        logs = {Path(m.name).name: tar.extractfile(m).read().decode(errors="replace") for m in tar.getmembers() if m.isfile()}
+    stage_runs = [(f"{r['config']}-{r['round']}", r, results["capacity"]["load"]) for r in (results.get("capacity") or {}).get("runs", [])]
+    stage_runs += [(f"sweep-{r['value']}", r, results["sweep"]["load"]) for r in (results.get("sweep") or {}).get("runs", [])]
+    for label, rec, load in stage_runs:
+        if (text := logs.get(f"server-{label}.log")) is not None:
+            rec["inflight"] = inflight(text, load["max_tokens"])
+    results_file.write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 class Bench(BenchBase):
@@ -343,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-in", type=int, default=512)
     p.add_argument("--pair-out", type=int, default=256)
     p.add_argument("--pair-procs", type=int, default=4)
+    p.add_argument("--reparse", metavar="RESULTS_JSON", help="recompute the runs' in-flight records from the logs.tgz beside it, run nothing")
     return p
 
 
@@ -359,6 +390,11 @@ def normalize(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.reparse:
+        results = reparse(Path(args.reparse))
+        runs = [*(results.get("sweep") or {}).get("runs", []), *(results.get("capacity") or {}).get("runs", [])]
+        print(json.dumps([r.get("inflight") for r in runs], indent=1))
+        return 0
     if bad := normalize(args):
         print(f"bench_tm: unknown stage/config {bad}", file=sys.stderr)
         return 2
