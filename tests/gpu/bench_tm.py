@@ -89,6 +89,7 @@ def inflight(text: str, min_output_tokens: int = 1) -> dict[str, Any] | None:
     `peak` and `median` (sampled every 0.5 s from the first admission to the last finish) show whether the
     engine ever ran all the streams a load offered; `all_admitted_s` is when the last one got in.
     """
+
     def secs(h: str, m: str, s: float) -> float:
         return int(h) * 3600 + int(m) * 60 + s
 
@@ -128,6 +129,8 @@ def inflight(text: str, min_output_tokens: int = 1) -> dict[str, Any] | None:
 def reparse(results_file: Path) -> dict[str, Any]:
     """Recompute every capacity and sweep run's `inflight` from the logs.tgz beside results.json (for runs
     recorded before a field existed); returns the updated results, the file is rewritten."""
+    if not (results_file.parent / "logs.tgz").is_file():
+        raise SystemExit(f"bench_tm --reparse: no logs.tgz beside {results_file} (the run's server logs are needed)")
     results = json.loads(results_file.read_text())
     with tarfile.open(results_file.parent / "logs.tgz") as tar:
         logs = {Path(m.name).name: tar.extractfile(m).read().decode(errors="replace") for m in tar.getmembers() if m.isfile()}
@@ -296,7 +299,9 @@ class Bench(BenchBase):
         self.baseline_mib = mem.get("used_mib")
         self.results["environment"] = {"gpu": mem.get("name"), "driver": mem.get("driver"), "gpu_total_mib": mem.get("total_mib")}
         self.results["environment"]["gpu_baseline_mib"] = self.baseline_mib
-        self.results["environment"]["kit_site"] = sorted(p.name.removesuffix(".dist-info") for p in KIT_SITE.glob("*.dist-info")) if KIT_SITE else []
+        self.results["environment"]["kit_site"] = (
+            sorted(p.name.removesuffix(".dist-info") for p in KIT_SITE.glob("*.dist-info")) if KIT_SITE else []
+        )
         for name in STAGES:
             if name in self.args.stages and (name != "sweep" or self.args.sweep_values):
                 self.stage(name, getattr(self, f"stage_{name}"))
@@ -363,7 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap-rounds", type=int, default=3, help="capacity rounds, order alternating (median of the rounds)")
     p.add_argument("--cap-once", default="awq-kv8", help="capacity configs run in the first round only")
     p.add_argument("--sweep-config", default="awq-kv4", choices=sorted(CAPACITY_CONFIGS))
-    p.add_argument("--sweep", default="", metavar="SECTION.KEY=V1,V2", help="the sweep stage's setting and values, e.g. serving.enable_metrics=true,false")
+    p.add_argument(
+        "--sweep",
+        default="",
+        metavar="SECTION.KEY=V1,V2",
+        help="the sweep stage's setting and values, e.g. serving.enable_metrics=true,false",
+    )
     p.add_argument("--sweep-prefill", default="", help="short for --sweep serving.max_prefill_token_num=V1,V2,...")
     p.add_argument("--adopt", action="store_true", help="the stages after the sweep use its fastest value")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="settings override for every server")
@@ -373,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-in", type=int, default=512)
     p.add_argument("--pair-out", type=int, default=256)
     p.add_argument("--pair-procs", type=int, default=4)
-    p.add_argument("--reparse", metavar="RESULTS_JSON", help="recompute the runs' in-flight records from the logs.tgz beside it, run nothing")
+    p.add_argument(
+        "--reparse", metavar="RESULTS_JSON", help="recompute the runs' in-flight records from the logs.tgz beside it, run nothing"
+    )
     return p
 
 

@@ -137,7 +137,13 @@ def test_inflight_counts_the_sequences_the_engine_held_from_a_recorded_log() -> 
     assert (fp16["peak"], fp16["median"], fp16["all_admitted_s"]) == (811, 756, 74.3)
     # lmdeploy's own counters agree: KV int4 never waited on its cache (32 % used), fp16 did (98 %)
     assert kv4["engine_stats"] == {"samples": 7, "routed_peak": 772, "running_median": 360, "waiting_median": 0, "kv_cache_peak_pct": 32.2}
-    assert fp16["engine_stats"] == {"samples": 9, "routed_peak": 1018, "running_median": 670, "waiting_median": 39, "kv_cache_peak_pct": 98.4}
+    assert fp16["engine_stats"] == {
+        "samples": 9,
+        "routed_peak": 1018,
+        "running_median": 670,
+        "waiting_median": 39,
+        "kv_cache_peak_pct": 98.4,
+    }
 
 
 def test_inflight_skips_warmup_requests_and_unfinished_ones() -> None:

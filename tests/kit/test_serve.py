@@ -112,7 +112,9 @@ def running_server(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[subproces
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     record = tmp_path / "record.json"
     # The Deployment's command, with the tiny model and a batch size (lmdeploy sizes it from torch.cuda otherwise).
-    s = load_settings("default", overrides={"serving": {"max_batch_size": 8, "max_prefill_token_num": 4096, "enable_metrics": False, "port": 23999}})
+    s = load_settings(
+        "default", overrides={"serving": {"max_batch_size": 8, "max_prefill_token_num": 4096, "enable_metrics": False, "port": 23999}}
+    )
     command = serve_command(s)
     command[command.index(s.serve_path)] = str(tiny_model)
     command[command.index("--api-key-file") + 1] = str(key_file)
