@@ -57,11 +57,18 @@ def find_measurement(gpu_name: str, backend: str, model: str) -> dict[str, Any] 
     return max(same, key=lambda m: (m["gpu"].lower() == gpu_name.lower(), m["model_shape"] == model))
 
 
+def nearest_load(m: dict[str, Any] | None, context: int) -> dict[str, Any] | None:
+    """The measured capacity load whose session length (prompt + output tokens) is closest to `context`."""
+    loads = (m or {}).get("capacity_loads") or ([m["capacity_load"]] if m and m.get("capacity_load") else [])
+    return min(loads, key=lambda ld: abs(ld["prompt_tokens"] + ld["output_tokens"] - context), default=None)
+
+
 def compare(result: PlanResult, target_sessions: int, context: int) -> ChoiceReport:
     """Every choice for this GPU and model, and the one to take for `target_sessions` x `context`."""
     m = find_measurement(result.gpu.name, result.inputs.backend, result.model.name)
     speeds = (m or {}).get("decode_batch1_tok_s", {})
-    capacity = ((m or {}).get("capacity_load") or {}).get("tok_s", {})
+    load = nearest_load(m, context)
+    capacity = (load or {}).get("tok_s", {})
     out: list[Choice] = []
     for awq, policy in CHOICES:
         inputs = dataclasses.replace(result.inputs, awq=awq, quant_policy=policy, context=context, engine_overhead_bytes=None)
@@ -86,7 +93,10 @@ def compare(result: PlanResult, target_sessions: int, context: int) -> ChoiceRep
             f"no choice holds {target_sessions} x {context} tokens on {result.gpu.name}; {pick.label} holds the most "
             f"({pick.sequences}); add GPUs (replicas), shorten the context or take a larger GPU"
         )
-    return ChoiceReport(target_sessions, context, (m or {}).get("source"), out, pick, reason)
+    source = (m or {}).get("source")
+    if source and load:
+        source += f"; capacity: {load['streams']} x {load['prompt_tokens']} in / {load['output_tokens']} out"
+    return ChoiceReport(target_sessions, context, source, out, pick, reason)
 
 
 def render(rep: ChoiceReport) -> list[str]:

@@ -13,15 +13,16 @@ import statistics
 import sys
 from typing import Any
 
-from kit.plan import Gpu, PlanInputs, check_engine_logs, plan
-from kit.plan.engine_logs import fixture_shape
+from kit.plan import check_engine_logs
 from kit.settings import REPO_ROOT
-from kit.table import markdown_table
+from tests.gpu.bench_docs_capacity import _capacity_table, _flag, _medians, _n, _table, _verdict, bound_note, render_frontend, render_long
 
 TM_RESULTS = REPO_ROOT / "docs" / "benchmarks" / "turbomind" / "results.json"
 PT_RESULTS = REPO_ROOT / "docs" / "benchmarks" / "results.json"
 TM_README = TM_RESULTS.parent / "README.md"
 TM_EXTRA = TM_RESULTS.parent / "results-fp16-kv4.json"  # KV int4 without AWQ, a second run
+TM_LONG = TM_RESULTS.parent / "results-long.json"  # the long-context capacity load
+TM_FRONTEND = [TM_RESULTS.parent / f"results-frontend-{loop}.json" for loop in ("asyncio", "uvloop")]
 ENGINE_FLAGS = ("--cache-max-entry-count", "--max-batch-size", "--max-prefill-token-num", "--session-len", "--quant-policy")
 README = REPO_ROOT / "README.md"
 MEASURED = REPO_ROOT / "kit" / "data" / "measured.json"
@@ -33,41 +34,14 @@ COMMAND = (
     "export PYTHONPATH=/tmp/site:$PWD BENCH_DIR=/tmp/btm/out KIT_BENCH_WORKDIR=/tmp/btm/work && "
     "bash tests/gpu/device.sh start --sweep-prefill 8192,16384,32768 --adopt"
 )
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    return markdown_table(head, rows)
-
-
-def _n(v: Any, nd: int = 0) -> str:
-    return "–" if v is None else f"{v:,.{nd}f}"
-
-
-def _verdict(r: dict[str, Any]) -> str:
-    return "PASS" if r.get("pass") else "FAIL" if "pass" in r else "info"
-
-
-def planned(results: dict[str, Any], rec: dict[str, Any], context: int) -> tuple[int, int]:
-    """The planner's KV tokens and sequences of `context` tokens for one capacity server of the run."""
-    env = results["environment"]
-    gpu = Gpu(env["gpu"], int(env["gpu_total_mib"]) * 2**20, int(env.get("gpu_baseline_mib") or 0) * 2**20, "results")
-    shape = fixture_shape({"model_shape": "internlm2_5-1_8b-chat"})
-    qp = int(rec["settings"]["quant_policy"])
-    argv = rec["argv"]
-    inputs = PlanInputs(
-        backend="turbomind",
-        cache_max_entry_count=float(_flag(argv, "--cache-max-entry-count")),
-        quant_policy=qp,
-        awq=rec["settings"]["awq"],
-        max_batch_size=int(_flag(argv, "--max-batch-size")),
-    )
-    p = plan(shape, gpu, inputs).policy(qp)
-    blocks_per_seq = -(-context // 64)
-    return p.kv_tokens, p.num_gpu_blocks // blocks_per_seq
-
-
-def _flag(argv: list[str], name: str) -> str:
-    return argv[argv.index(name) + 1]
+LONG_COMMAND = (
+    "python3 -m tests.gpu.bench_tm --stages model,quantize,capacity --configs fp16,awq-kv4,awq-kv8 --cap-once awq-kv8 "
+    "--cap-rounds 3 --cap-streams 512 --cap-in 2048 --cap-out 2048 --cap-procs 8"
+)
+FRONTEND_COMMAND = (
+    "python3 -m tests.gpu.bench_tm --stages model,quantize,sweep --sweep serving.enable_metrics=true,false, then the sweep "
+    "again with KIT_BENCH_KIT_SITE=<uvloop 0.23.0 + httptools 0.9.0 unpacked>"
+)
 
 
 def planner_errors() -> list[tuple[str, float, int]]:
@@ -86,35 +60,12 @@ def engine_flags(argv: list[str], flags: tuple[str, ...] = ENGINE_FLAGS) -> str:
     return ", ".join(f"{f[2:].replace('-', '_')} {_flag(argv, f)}" for f in flags if f in argv)
 
 
-def _capacity_rows(results: dict[str, Any]) -> list[list[Any]]:
-    cload = results["capacity"]["load"]
-    ctx = cload["prompt_chars"] + cload["max_tokens"]
-    rows = []
-    for r in results["capacity"]["runs"]:
-        tokens, seqs = planned(results, r, ctx)
-        b, ld, budget = r["batch1"], r["load"], r.get("budget") or {}
-        rows.append(
-            [r["round"] + 1, r["config"], _n(r["ready_s"], 1), _n(budget.get("budget_mb"), 0), f"{tokens:,}", f"{seqs:,}"]
-            + [_n(b["decode_tok_s"], 1), _n(ld["tok_s"], 1), _n(ld["wall_s"], 1), _n(ld["latency_p50_s"], 1), ld["errors"]]
-        )
-    return rows
-
-
-def _capacity_table(results: dict[str, Any]) -> str:
-    cload = results["capacity"]["load"]
-    ctx = cload["prompt_chars"] + cload["max_tokens"]
-    head = ["round", "config", "ready s", "KV budget MiB (log)", "planned KV tokens", f"planned KV-limited seqs@{ctx}"]
-    return _table(head + ["batch-1 tok/s", "tok/s", "wall s", "latency p50 s", "errors"], _capacity_rows(results))
-
-
-def _medians(ratio: dict[str, Any]) -> str:
-    spreads = [(k[: -len("_tok_s")], v) for k, v in ratio.items() if k.endswith("_tok_s")]
-    parts = [f"{name} median {s['median']:,.1f} tok/s ({s['min']:,.1f}–{s['max']:,.1f}, n={s['n']})" for name, s in spreads]
-    rounds = ", ".join(f"{x:.3f}" for x in ratio.get("round_ratios", []))
-    return "; ".join(parts) + (f"; per round {rounds}" if rounds else "")
-
-
-def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+def render_tm(
+    results: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    long: dict[str, Any] | None = None,
+    frontend: list[dict[str, Any]] | None = None,
+) -> str:
     env, ratios = results["environment"], results["ratios"]
     pairs, cap, sweep = results["pairs"], results["capacity"], results.get("sweep")
     load, cload = pairs["load"], cap["load"]
@@ -136,6 +87,13 @@ def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> s
         ),
         "",
     ]
+    if long and (lr := long["ratios"].get("capacity_kv4_over_fp16")):
+        ll = long["capacity"]["load"]
+        out += [
+            f"On the long-context capacity load ({ll['requests']} x {ll['prompt_chars']} in / {ll['max_tokens']} out, below): "
+            f"capacity_kv4_over_fp16 {lr['value']:.3f} ({lr['target']}: {_verdict(lr)}).",
+            "",
+        ]
     if sweep:
         sl = sweep["load"]
         out += [
@@ -202,6 +160,7 @@ def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> s
     for key, r in ratios.items():
         if key.startswith("capacity_"):
             out += [f"- {key}: {r['value']:.3f}; {_medians(r)}.", ""]
+    out += bound_note(results)
     if extra:
         x = extra["ratios"].get("capacity_fp16_kv4_over_fp16") or {}
         out += [
@@ -214,6 +173,8 @@ def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> s
             _capacity_table(extra),
             "",
         ]
+    out += render_long(long) if long else []
+    out += render_frontend(frontend or [])
     stage_s = sum(s["seconds"] for s in results["stages"].values())
     out += [
         "## Closing note",
@@ -221,6 +182,8 @@ def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> s
         f"- Machine: one {env['gpu']} ({env['gpu_total_mib']:,} MiB), driver {env['driver']}, the lent test machine "
         "(Python 3.12, torch 2.11 CUDA 13; lmdeploy 0.18.0 from .device/site.tar.xz, TurboMind from .device/tm.tar.xz).",
         f"- Command (one detached run, {stage_s:.0f} s of stages): `{COMMAND}`",
+        *([f"- Long-context run ({sum(s['seconds'] for s in long['stages'].values()):.0f} s of stages): `{LONG_COMMAND}`"] if long else []),
+        *([f"- Front-end runs: `{FRONTEND_COMMAND}`"] if frontend else []),
         "- Ratios: "
         + "; ".join(
             f"{k} {v['value']:.3f} ({v['target']}: {_verdict(v)})" if "target" in v else f"{k} {v['value']:.3f}" for k, v in ratios.items()
@@ -229,15 +192,19 @@ def render_tm(results: dict[str, Any], extra: dict[str, Any] | None = None) -> s
         "- The kit/bare pairs alternate, so neither server pays the cold start alone (the PyTorch run in docs/benchmarks/ "
         "always started the kit's server first). The kit's extra flags (`--model-name`, `--tool-call-parser internlm`, "
         "`--trust-remote-code`, `--server-name`) cost nothing measurable.",
-        "- Under the capacity load every AWQ server decodes one stream slower than fp16 (batch-1 column) and its GEMMs "
-        "stay slower at the batch KV int4 admits, so awq+kv4 gains less than the KV room alone would give; the "
-        "planner (`make plan --target-sessions N --context C`) weighs this with the measured figures in kit/data/measured.json.",
+        "- Every AWQ server decodes one stream slower than fp16 (batch-1 column). Under the short capacity load the int4 "
+        "servers are bound in front of the engine (what bound each server, above), so their KV room goes unused and "
+        "awq+kv4 gains less than on the long-context load, where the engine holds every stream. The planner (`make plan "
+        "--target-sessions N --context C`) shows the measured capacity figures of the load nearest the context "
+        "(kit/data/measured.json).",
         "",
     ]
     return "\n".join(out)
 
 
-def render_readme_section(tm: dict[str, Any], pt: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+def render_readme_section(
+    tm: dict[str, Any], pt: dict[str, Any], extra: dict[str, Any] | None = None, long: dict[str, Any] | None = None
+) -> str:
     r, env = tm["ratios"], tm["environment"]
     pr = pt.get("ratios") or {}
     tp, cap = r.get("throughput_kit_over_bare", {}), r.get("capacity_kv4_over_fp16", {})
@@ -259,6 +226,20 @@ def render_readme_section(tm: dict[str, Any], pt: dict[str, Any], extra: dict[st
     x = (extra or {}).get("ratios", {}).get("capacity_fp16_kv4_over_fp16")
     if x:
         rows.append([f"{what}, fp16 weights + kv4 / fp16 tok/s, {len(x['round_ratios'])} round", f"{x['value']:.3f}×", "info", "info"])
+    if long:
+        ll = long["capacity"]["load"]
+        what = f"long-context capacity-bound load ({ll['requests']} x {ll['prompt_chars']} in / {ll['max_tokens']} out)"
+        for key, name in (("capacity_kv4_over_fp16", "awq+kv4"), ("capacity_kv8_over_fp16", "awq+kv8 (the default KV policy)")):
+            if v := long["ratios"].get(key):
+                n = len(v["round_ratios"])
+                rows.append(
+                    [
+                        f"{what}, {name} / fp16 tok/s, median of {n} round{'s' * (n > 1)}",
+                        f"{v['value']:.3f}×",
+                        v.get("target", "info"),
+                        _verdict(v),
+                    ]
+                )
     for backend, err, n in planner_errors():
         rows.append(
             [
@@ -291,42 +272,55 @@ def render_readme_section(tm: dict[str, Any], pt: dict[str, Any], extra: dict[st
     )
 
 
-def measured_entry(tm: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+LABELS = {"fp16": "fp16+kv0", "awq-kv4": "awq+kv4", "awq-kv8": "awq+kv8", "fp16-kv4": "fp16+kv4"}
+
+
+def _median_of(runs: list[dict[str, Any]], config: str, get) -> float | None:
+    values = [get(r) for r in runs if r["config"] == config and not r["load"]["errors"]]
+    return statistics.median(values) if values else None
+
+
+def capacity_load(results: dict[str, Any], runs: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    load = results["capacity"]["load"]
+    return {
+        "streams": load["requests"],
+        "prompt_tokens": load["prompt_chars"],
+        "output_tokens": load["max_tokens"],
+        "source": source,
+        "tok_s": {label: v for c, label in LABELS.items() if (v := _median_of(runs, c, lambda r: r["load"]["tok_s"])) is not None},
+    }
+
+
+def measured_entry(tm: dict[str, Any], extra: dict[str, Any] | None, long: dict[str, Any] | None = None) -> dict[str, Any]:
     """kit/data/measured.json's TurboMind entry (what `make plan --target-sessions` weighs), from the results."""
     runs = tm["capacity"]["runs"]
     seen = {r["config"] for r in runs}  # the second run adds only configs the main run lacks (its fp16 was another lease)
     runs = runs + [r for r in ((extra or {}).get("capacity") or {}).get("runs", []) if r["config"] not in seen]
 
     def median(config: str, get) -> float | None:
-        values = [get(r) for r in runs if r["config"] == config and not r["load"]["errors"]]
-        return statistics.median(values) if values else None
+        return _median_of(runs, config, get)
 
-    load = tm["capacity"]["load"]
     fp16 = [r for r in tm["capacity"]["runs"] if r["config"] == "fp16"]
-    labels = {"fp16": "fp16+kv0", "awq-kv4": "awq+kv4", "awq-kv8": "awq+kv8", "fp16-kv4": "fp16+kv4"}
+    loads = [capacity_load(tm, runs, "results.json" + (" + results-fp16-kv4.json" if extra else ""))]
+    if long:
+        loads.append(capacity_load(long, long["capacity"]["runs"], "results-long.json"))
     return {
         "gpu": tm["environment"]["gpu"],
         "backend": "turbomind",
         "model_shape": "internlm2_5-1_8b-chat",
         "lmdeploy": "0.18.0",
-        "source": f"docs/benchmarks/turbomind/results.json ({tm['started'][:10]}, random weights, {engine_flags(fp16[0]['argv'], ENGINE_FLAGS[:-1])})"
-        + (" and results-fp16-kv4.json (fp16+kv4, one round)" if extra else ""),
+        "source": f"docs/benchmarks/turbomind/ ({tm['started'][:10]}, random weights, {engine_flags(fp16[0]['argv'], ENGINE_FLAGS[:-1])})",
         "decode_batch1_tok_s": {
             "fp16": median("fp16", lambda r: r["batch1"]["decode_tok_s"]),
             "awq": median("awq-kv4", lambda r: r["batch1"]["decode_tok_s"]),
         },
-        "capacity_load": {
-            "streams": load["requests"],
-            "prompt_tokens": load["prompt_chars"],
-            "output_tokens": load["max_tokens"],
-            "tok_s": {label: v for c, label in labels.items() if (v := median(c, lambda r: r["load"]["tok_s"])) is not None},
-        },
+        "capacity_loads": loads,
     }
 
 
-def measured_json(tm: dict[str, Any], extra: dict[str, Any] | None) -> str:
+def measured_json(tm: dict[str, Any], extra: dict[str, Any] | None, long: dict[str, Any] | None = None) -> str:
     data = json.loads(MEASURED.read_text())
-    data["measurements"] = [measured_entry(tm, extra)] + [m for m in data["measurements"] if m["backend"] != "turbomind"]
+    data["measurements"] = [measured_entry(tm, extra, long)] + [m for m in data["measurements"] if m["backend"] != "turbomind"]
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -342,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when a generated file differs from its rendering")
     args = p.parse_args(argv)
     tm, pt = json.loads(TM_RESULTS.read_text()), json.loads(PT_RESULTS.read_text())
-    extra = json.loads(TM_EXTRA.read_text()) if TM_EXTRA.exists() else None
-    section = render_readme_section(tm, pt, extra)
-    wanted = {TM_README: render_tm(tm, extra), README: splice(README.read_text(), section), MEASURED: measured_json(tm, extra)}
+    extra, long = (json.loads(f.read_text()) if f.exists() else None for f in (TM_EXTRA, TM_LONG))
+    frontend = [json.loads(f.read_text()) for f in TM_FRONTEND if f.exists()]
+    section = render_readme_section(tm, pt, extra, long)
+    wanted = {
+        TM_README: render_tm(tm, extra, long, frontend),
+        README: splice(README.read_text(), section),
+        MEASURED: measured_json(tm, extra, long),
+    }
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:

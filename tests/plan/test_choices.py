@@ -52,7 +52,7 @@ def test_nothing_fits_names_the_way_out(capsys: pytest.CaptureFixture[str]) -> N
 def test_table_names_the_measurement_and_the_pick(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--gpu", "h200", "--target-sessions", "256", "--context", "2048"]) == exitcodes.OK
     out = capsys.readouterr().out
-    assert "measured on: docs/benchmarks/turbomind/results.json" in out
+    assert "measured on: docs/benchmarks/turbomind/" in out and "capacity: 1600 x 1024 in / 1024 out" in out
     assert "> fp16+kv0" in out and "pick fp16+kv0 (quantization.enabled=false, serving.quant_policy=0)" in out
 
 
@@ -77,7 +77,26 @@ def test_measured_data_is_the_turbomind_benchmarks_own_numbers() -> None:
         "fp16": median("fp16", lambda r: r["batch1"]["decode_tok_s"]),
         "awq": median("awq-kv4", lambda r: r["batch1"]["decode_tok_s"]),
     }
-    load = entry["capacity_load"]
-    assert load["streams"] == results["capacity"]["load"]["requests"]
-    assert load["tok_s"]["fp16+kv0"] == median("fp16", lambda r: r["load"]["tok_s"])
-    assert load["tok_s"]["awq+kv4"] == median("awq-kv4", lambda r: r["load"]["tok_s"])
+    short, long = entry["capacity_loads"]
+    assert short["streams"] == results["capacity"]["load"]["requests"]
+    assert short["tok_s"]["fp16+kv0"] == median("fp16", lambda r: r["load"]["tok_s"])
+    assert short["tok_s"]["awq+kv4"] == median("awq-kv4", lambda r: r["load"]["tok_s"])
+    long_results = json.loads((TM_RESULTS.parent / "results-long.json").read_text())
+    runs = long_results["capacity"]["runs"]
+    assert (
+        (long["prompt_tokens"], long["output_tokens"])
+        == (2048, 2048)
+        == tuple(long_results["capacity"]["load"][k] for k in ("prompt_chars", "max_tokens"))
+    )
+    assert long["tok_s"]["awq+kv4"] == median("awq-kv4", lambda r: r["load"]["tok_s"])
+
+
+def test_the_capacity_column_comes_from_the_load_nearest_the_context(capsys: pytest.CaptureFixture[str]) -> None:
+    entry = next(m for m in choices.measurements() if m["backend"] == "turbomind")
+    short, long = entry["capacity_loads"]
+    at_2k = by_label(plan_json(capsys, "--target-sessions", "256", "--context", "2048"))
+    at_4k = by_label(plan_json(capsys, "--target-sessions", "256", "--context", "4096"))
+    assert at_2k["awq+kv4"]["capacity_tok_s"] == short["tok_s"]["awq+kv4"]
+    assert at_4k["awq+kv4"]["capacity_tok_s"] == long["tok_s"]["awq+kv4"] != short["tok_s"]["awq+kv4"]
+    assert choices.nearest_load({"capacity_load": short}, 4096) == short  # one-load entries (the PyTorch run) still read
+    assert choices.nearest_load(None, 4096) is None
