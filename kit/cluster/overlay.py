@@ -25,6 +25,7 @@ def render(k: Kubectl, path: Path, namespace: str | None = None) -> list[dict[st
     if proc.returncode != 0:
         raise ClusterError(f"kustomize build {path} failed: {last_line(proc.stderr)}")
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    check_metrics_scraped(docs)
     if namespace:
         for d in docs:
             if d["kind"] == "Namespace":
@@ -32,6 +33,19 @@ def render(k: Kubectl, path: Path, namespace: str | None = None) -> list[dict[st
             elif "namespace" in d["metadata"]:
                 d["metadata"]["namespace"] = namespace
     return docs
+
+
+def check_metrics_scraped(docs: list[dict[str, Any]]) -> None:
+    """An overlay with a ServiceMonitor scrapes lmdeploy's /metrics, which `--disable-metrics` turns off."""
+    if not any(d["kind"] == "ServiceMonitor" for d in docs):
+        return
+    for d in docs:
+        for c in (d.get("spec", {}).get("template", {}).get("spec", {}) or {}).get("containers", []):
+            if "--disable-metrics" in [*(c.get("command") or []), *(c.get("args") or [])]:
+                raise SettingsError(
+                    f"{d['kind']}/{d['metadata']['name']} serves with --disable-metrics (serving.enable_metrics: false) but this "
+                    "overlay scrapes its /metrics and scales on them; set serving.enable_metrics: true and `make render`"
+                )
 
 
 def namespace_of(docs: list[dict[str, Any]]) -> str:

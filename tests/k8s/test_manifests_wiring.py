@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kit import k8s_params
+import pytest
+
+from kit import cluster, k8s_params
+from kit.cluster.overlay import check_metrics_scraped
 from kit.k8s_params import COMPLETE_MARKER, FETCH, GRADIO, PVC, QUANTIZE, SERVE, serve_command
 from kit.render import serve_args
 from kit.settings import load_settings
@@ -23,6 +26,7 @@ from tests.k8s.rendered import (
     lmdeploy_argv,
     matches,
     pod_specs,
+    render_tree,
 )
 
 # ------------------------------------------------------------------------------------- labels, selectors, ports
@@ -168,3 +172,22 @@ def test_changed_settings_render_a_consistent_overlay(tmp_path: Path) -> None:
     # the volume checks of the shipped overlays hold here too
     test_every_volume_mount_has_a_volume(docs)
     test_probe_and_service_ports_name_container_ports(docs)
+
+
+def test_the_monitoring_overlay_refuses_a_server_without_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serving.enable_metrics=false reaches the rendered serve command; deploying the overlay that scrapes /metrics then
+    stops before anything is applied (real kustomize output, cmd_deploy on the fake kubectl)."""
+    from tests.k8s.test_cluster_deploy import FakeCluster
+
+    trees = render_tree(tmp_path / "tree", {"serving": {"enable_metrics": False}})
+    assert "--disable-metrics" in find(trees["default"], "Deployment", SERVE)["spec"]["template"]["spec"]["containers"][0]["command"]
+    check_metrics_scraped(trees["default"])  # nothing scrapes it there
+    check_metrics_scraped(build(REPO / "k8s/overlays/monitoring"))  # the shipped settings keep metrics on
+    nodes = {"items": [{"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}}]}
+    fake = FakeCluster(tmp_path, {"secrets": ["lmdeploy-api-key"], "job_polls": 1, "nodes": nodes})
+    fake.env(monkeypatch)
+    rc = cluster.main(["deploy", "--skip-plan", "--overlay", str(tmp_path / "tree/k8s/overlays/monitoring")])
+    assert rc != 0 and "set serving.enable_metrics: true" in capsys.readouterr().err
+    assert fake.applied() == []
